@@ -1,0 +1,3 @@
+"""agents layer of neuroplex (built in later issues)."""
+
+__all__: tuple[str, ...] = ()

@@ -1,0 +1,3 @@
+"""operators layer of neuroplex (built in later issues)."""
+
+__all__: tuple[str, ...] = ()
