@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Self
+from typing import Literal, Self, cast
 
 from brokers._errors import (
     BrokerUnavailableError,
@@ -55,6 +55,17 @@ def record_size(record: ProducerRecord) -> int:
     return size
 
 
+def _as_bytes(data: object, what: str, topic: str, hint: str) -> bytes | None:
+    """``data`` as bytes (or None); anything else is the caller's mistake, named in the error."""
+    if data is None or type(data) is bytes:
+        return data
+    if isinstance(data, bytes | bytearray | memoryview):
+        return bytes(data)
+    raise ConfigurationError(
+        f"invalid {what} {data!r} for topic {topic!r}: {what}s are bytes {hint}"
+    )
+
+
 @dataclass(slots=True, frozen=True)
 class SubscribeOptions:
     """A validated :meth:`Broker.subscribe` call."""
@@ -73,7 +84,7 @@ class SubscribeOptions:
         """Where ``tp`` starts when nothing is committed for it."""
         if isinstance(self.start, str):
             return self.start
-        start: Mapping[object, int] = self.start
+        start = cast("Mapping[object, int]", self.start)
         if tp in start:
             return start[tp]
         if len(self.topics) == 1 and tp.partition in start:
@@ -116,9 +127,7 @@ class BaseBroker(ABC):
                 await self._open()
         except TimeoutError as exc:
             await self._close()
-            raise BrokerUnavailableError(
-                self._url, "no answer", timeout=timeout
-            ) from exc
+            raise BrokerUnavailableError(self._url, "no answer", timeout=timeout) from exc
         except BaseException:
             await self._close()
             raise
@@ -205,7 +214,9 @@ class BaseBroker(ABC):
     ) -> Position:
         self._check_open()
         spec = await self._spec(topic)
-        record = self._prepare(spec, ProducerRecord(value, key, partition, normalize_headers(headers)))
+        record = self._prepare(
+            spec, ProducerRecord(value, key, partition, normalize_headers(headers))
+        )
         positions = await self._append(spec, [record])
         return positions[0]
 
@@ -221,25 +232,12 @@ class BaseBroker(ABC):
         """Check a record and resolve its partition."""
         if not isinstance(record, ProducerRecord):
             raise ConfigurationError(f"expected a ProducerRecord, got {record!r}")
-        key, value = record.key, record.value
-        if key is not None and not isinstance(key, bytes):
-            if not isinstance(key, bytearray | memoryview):
-                raise ConfigurationError(
-                    f"invalid key {key!r} for topic {spec.name!r}: keys are bytes "
-                    "(encode str keys as UTF-8) or None"
-                )
-            key = bytes(key)
-        if value is not None and not isinstance(value, bytes):
-            if not isinstance(value, bytearray | memoryview):
-                raise ConfigurationError(
-                    f"invalid value {value!r} for topic {spec.name!r}: values are bytes "
-                    "or None (a tombstone); encode objects first (e.g. as JSON)"
-                )
-            value = bytes(value)
+        key = _as_bytes(record.key, "key", spec.name, "(encode str keys as UTF-8) or None")
+        value = _as_bytes(
+            record.value, "value", spec.name, "or None (a tombstone); encode objects first"
+        )
         if spec.compacted and key is None:
-            raise ConfigurationError(
-                f"topic {spec.name!r} is compacted: every record needs a key"
-            )
+            raise ConfigurationError(f"topic {spec.name!r} is compacted: every record needs a key")
         partition = record.partition
         if partition is None:
             if key is not None:

@@ -1,0 +1,57 @@
+"""connect(): URLs, settings and unreachable brokers."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import brokers
+from brokers import (
+    BrokerUnavailableError,
+    ConfigurationError,
+    KafkaSettings,
+    NatsSettings,
+    ResourceStateError,
+    UnsupportedURLError,
+)
+from brokers.testing import free_port
+
+
+@pytest.mark.parametrize("url", ["redis://localhost", "localhost:9092", "", "kafka"])
+def test_unknown_urls_are_refused_with_the_supported_ones(url: str) -> None:
+    with pytest.raises(UnsupportedURLError, match="memory://"):
+        brokers.connect(url)
+
+
+def test_settings_of_another_backend_are_refused() -> None:
+    with pytest.raises(ConfigurationError, match="NatsSettings"):
+        brokers.connect("kafka://127.0.0.1:9092", settings=NatsSettings())
+
+
+def test_passwords_never_show_in_urls() -> None:
+    assert brokers.redact_url("nats://me:s3cret@host:4222") == "nats://me:***@host:4222"
+    assert brokers.redact_url("kafka://host:9092") == "kafka://host:9092"
+
+
+async def test_broker_must_be_opened_first() -> None:
+    broker = brokers.connect("memory://")
+    with pytest.raises(ResourceStateError, match="async with"):
+        await broker.list_topics()
+
+
+@pytest.mark.parametrize(
+    ("scheme", "settings"),
+    [("kafka", KafkaSettings(connect_timeout=2)), ("nats", NatsSettings(connect_timeout=2))],
+    ids=["kafka", "nats"],
+)
+async def test_unreachable_broker_is_a_typed_error_within_the_timeout(
+    scheme: str, settings: brokers.BrokerSettings
+) -> None:
+    url = f"{scheme}://127.0.0.1:{free_port()}"  # nothing listens there
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailableError, match="not reachable") as info:
+        async with brokers.connect(url, settings=settings):
+            pass
+    assert info.value.retriable
+    assert time.monotonic() - started < 30, "bounded by connect_timeout, never a hang"
