@@ -1,0 +1,1 @@
+"""Benchmarks: ``make bench`` runs :mod:`tests.bench.run`."""
