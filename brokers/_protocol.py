@@ -129,9 +129,7 @@ class Broker(Protocol):
         """Append one record; returns once the log has acknowledged it, with its position."""
         ...
 
-    async def produce_batch(
-        self, topic: str, records: Sequence[ProducerRecord]
-    ) -> list[Position]:
+    async def produce_batch(self, topic: str, records: Sequence[ProducerRecord]) -> list[Position]:
         """Append many records; positions are returned in the order of ``records``."""
         ...
 

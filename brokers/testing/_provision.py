@@ -30,7 +30,7 @@ BACKENDS: tuple[str, ...] = ("memory", "sqlite", "kafka", "nats")
 """Every backend, in the order tests are parametrized."""
 
 
-class BackendUnavailable(Exception):  # noqa: N818 - reads as a condition, like StopIteration
+class BackendUnavailable(Exception):
     """A backend could not be provided; the message says why and what would fix it."""
 
 
