@@ -14,6 +14,7 @@ Example:
     ...             batch = await sub.getmany(timeout=1.0)
 """
 
+from brokers import json
 from brokers._connect import connect, redact_url
 from brokers._errors import (
     AuthorizationError,
@@ -86,6 +87,7 @@ __all__ = (
     "UnsupportedURLError",
     "connect",
     "default_partitioner",
+    "json",
     "murmur2",
     "redact_url",
 )

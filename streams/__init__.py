@@ -1,6 +1,38 @@
-"""The programming model and runtime: App, typed topics, Stream, Table, agents, workers.
+"""The programming model and its runtime: App, typed topics, streams and agents.
 
-Not built yet: this package holds the layer's place (see the streams issue).
+Example:
+    >>> import streams
+    >>> app = streams.App("shop", broker="memory://")
+    >>> orders = app.topic("orders", value_type=dict)
+    >>> @app.agent(orders)
+    ... async def show(stream):
+    ...     async for event in stream:
+    ...         print(event.key, event.value)
 """
 
-__all__: tuple[str, ...] = ()
+from streams._agent import Agent, AgentError, ErrorPolicy
+from streams._app import App
+from streams._codec import BytesCodec, Codec, JsonCodec, StrCodec
+from streams._errors import DeclarationError, DecodeError, EncodeError
+from streams._event import Event
+from streams._stream import EventStream, Stream
+from streams._topic import DEAD_LETTER_SUFFIX, Topic
+
+__all__ = (
+    "DEAD_LETTER_SUFFIX",
+    "Agent",
+    "AgentError",
+    "App",
+    "BytesCodec",
+    "Codec",
+    "DeclarationError",
+    "DecodeError",
+    "EncodeError",
+    "ErrorPolicy",
+    "Event",
+    "EventStream",
+    "JsonCodec",
+    "StrCodec",
+    "Stream",
+    "Topic",
+)

@@ -1,0 +1,175 @@
+"""Agents: a function over a topic's stream, run by every worker of the app's group."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
+
+from brokers import NeuroplexError, Record, TopicPartition
+from streams._event import Event
+from streams._stream import EventStream, Source, source_stream
+
+if TYPE_CHECKING:
+    from streams._app import App
+    from streams._topic import Topic
+
+__all__ = ("Agent", "AgentError", "ErrorPolicy")
+
+log = logging.getLogger("neuroplex.agents")
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+ErrorPolicy: TypeAlias = Literal["raise", "skip", "dead_letter"]
+"""What an agent does with an event its code keeps failing on, after the retries."""
+
+StreamFunction: TypeAlias = Callable[[EventStream], Awaitable[None]]
+EventFunction: TypeAlias = Callable[[Event[Any, Any]], Any]
+
+
+class AgentError(NeuroplexError):
+    """An agent's code failed on an event and its error policy is ``raise``."""
+
+    def __init__(self, agent: str, record: Record, attempts: int, cause: BaseException) -> None:
+        self.agent = agent
+        self.record = record
+        self.attempts = attempts
+        super().__init__(
+            f"agent {agent!r} failed {attempts} time(s) on {record.topic}[{record.partition}]"
+            f"@{record.offset}: {type(cause).__name__}: {cause}. Fix the code or the data, or "
+            "declare the agent with on_error='skip' or 'dead_letter'."
+        )
+
+
+class Agent(Generic[K, V]):
+    """A declared agent. Created by :meth:`App.agent`; run by the app."""
+
+    def __init__(
+        self,
+        app: App,
+        fn: StreamFunction | EventFunction,
+        topic: Topic[K, V],
+        *,
+        name: str,
+        concurrency: int,
+        on_error: ErrorPolicy,
+        retries: int,
+        backoff: float,
+        sink: Topic[Any, Any] | None,
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.topic = topic
+        self.name = name
+        self.concurrency = concurrency
+        self.on_error = on_error
+        self.retries = retries
+        self.backoff = backoff
+        self.sink = sink
+        self._is_stream_function = inspect.iscoroutinefunction(fn)
+        self.processed = 0
+
+    def __repr__(self) -> str:
+        return f"<Agent {self.name} on {self.topic.name} x{self.concurrency}>"
+
+    @property
+    def group(self) -> str:
+        """The consumer group of this agent: ``<app>.<agent>``."""
+        return f"{self.app.name}.{self.name}"
+
+    async def __call__(self, stream: EventStream) -> None:
+        """Run the agent's code over ``stream`` (a per-event function is looped here)."""
+        if self._is_stream_function:
+            await self.fn(stream)  # type: ignore[arg-type]  # checked: a coroutine function
+            return
+        fn: EventFunction = self.fn  # type: ignore[assignment]  # not a coroutine function
+        sink = self.sink
+        async for event in stream:
+            result = fn(event)
+            if inspect.isawaitable(result):
+                result = await result
+            if sink is not None and result is not None:
+                await sink.send(event.key, result)
+
+    async def run(self) -> None:
+        """Run ``concurrency`` members of the agent's group until cancelled or finished."""
+        async with asyncio.TaskGroup() as tasks:
+            for i in range(self.concurrency):
+                tasks.create_task(self._member(), name=f"agent {self.name} #{i}")
+
+    async def _member(self) -> None:
+        app = self.app
+        tables = app.tables_of(self.topic)
+        sub = app.broker.subscribe(
+            self.topic.name,
+            group=self.group,
+            session_timeout=app.session_timeout,
+            on_assigned=lambda tps: self._assigned(tps, tables),
+            on_revoked=lambda tps: self._revoked(tps, tables),
+        )
+        async with sub:
+            source = Source(self.topic, sub, dead_letter=app.dead_letter, participants=list(tables))
+            app.sources.add(source)
+            try:
+                await self._drive(source)
+            finally:
+                app.sources.discard(source)
+
+    async def _drive(self, source: Source) -> None:
+        """Run the agent's code over the source, applying the error policy to failures."""
+        failures: dict[tuple[str, int, int], int] = {}
+        while True:
+            try:
+                await self(source_stream(source))
+            except Exception as exc:
+                records = source.failed_records()
+                if not records:
+                    raise
+                await self._failed(source, records, failures, exc)
+            else:
+                if not source.closed:
+                    await source.finish_batch()
+                return
+
+    async def _failed(
+        self,
+        source: Source,
+        records: list[Record],
+        failures: dict[tuple[str, int, int], int],
+        exc: Exception,
+    ) -> None:
+        first = records[0]
+        where = (first.topic, first.partition, first.offset)
+        attempts = failures[where] = failures.get(where, 0) + 1
+        if attempts <= self.retries:
+            log.warning(
+                "agent %s failed on %s[%d]@%d (attempt %d of %d), retrying: %r",
+                self.name,
+                *where,
+                attempts,
+                self.retries + 1,
+                exc,
+            )
+            await asyncio.sleep(self.backoff * 2 ** (attempts - 1))
+            source.rewind(skip=False)
+            return
+        if self.on_error == "raise":
+            raise AgentError(self.name, first, attempts, exc) from exc
+        if self.on_error == "dead_letter":
+            reason = f"agent {self.name}: {type(exc).__name__}: {exc}"
+            for record in records:
+                await self.app.dead_letter(record, reason)
+        log.warning("agent %s gave up on %s[%d]@%d (%s): %r", self.name, *where, self.on_error, exc)
+        del failures[where]
+        source.rewind(skip=True)
+
+    async def _assigned(self, tps: frozenset[TopicPartition], tables: list[Any]) -> None:
+        for table in tables:
+            await table.on_assigned(tps)
+
+    async def _revoked(self, tps: frozenset[TopicPartition], tables: list[Any]) -> None:
+        for table in tables:
+            await table.on_revoked(tps)

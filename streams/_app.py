@@ -1,0 +1,306 @@
+"""The App: declarations (topics, agents, tables) and their lifecycle on one broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import brokers
+from brokers import Broker, ProducerRecord, Record, ResourceStateError, TopicSpec
+from streams._agent import Agent, ErrorPolicy
+from streams._errors import DeclarationError
+from streams._stream import Source
+from streams._topic import DEAD_LETTER_SUFFIX, Topic
+
+__all__ = ("App",)
+
+log = logging.getLogger("neuroplex.app")
+
+K = TypeVar("K")
+V = TypeVar("V")
+F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_BROKER = "memory://"
+
+
+class App:
+    """A stream-processing application: its topics, agents and tables, on one broker.
+
+    Declaring touches no event loop and no network; ``async with app`` (or :meth:`run`)
+    connects, creates the topics and starts the agents; leaving drains them (each finishes its
+    batch and commits) and closes.
+
+    Args:
+        name: the app's id: consumer groups are ``<name>.<agent>``, internal topics start with it.
+        broker: a broker URL or an opened :class:`brokers.Broker`; default ``NEUROPLEX_BROKER``,
+            else ``memory://``.
+        partitions: the partition count of topics declared without one.
+        session_timeout: consumer-group session timeout of the agents, seconds.
+        drain_timeout: how long leaving the app waits for agents to finish their batch.
+
+    Example:
+        >>> app = App("shop", broker="memory://")
+        >>> orders = app.topic("orders", value_type=dict)
+        >>> @app.agent(orders)
+        ... async def count(stream):
+        ...     async for event in stream:
+        ...         print(event.key, event.value)
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        broker: str | Broker | None = None,
+        partitions: int = 8,
+        session_timeout: float = 10.0,
+        drain_timeout: float = 10.0,
+    ) -> None:
+        TopicSpec(name)  # the app name appears in topic names: same rules
+        if partitions < 1:
+            raise DeclarationError(f"partitions must be at least 1, got {partitions}")
+        self.name = name
+        self._broker_arg = broker
+        self.default_partitions = partitions
+        self.session_timeout = session_timeout
+        self.drain_timeout = drain_timeout
+        self.topics: dict[str, Topic[Any, Any]] = {}
+        self.agents: dict[str, Agent[Any, Any]] = {}
+        self.sources: set[Source] = set()
+        self._broker: Broker | None = None
+        self._owns_broker = False
+        self._runner: asyncio.Task[None] | None = None
+        self._started = False
+        self._failure_seen = False
+
+    def __repr__(self) -> str:
+        return f"<App {self.name} topics={len(self.topics)} agents={len(self.agents)}>"
+
+    # ------------------------------------------------------------ declarations
+    def topic(
+        self,
+        name: str,
+        *,
+        value_type: Any = Any,
+        key_type: Any = str,
+        partitions: int | None = None,
+        compacted: bool = False,
+        retention_ms: int | None = None,
+    ) -> Topic[Any, Any]:
+        """Declare a typed topic (created when the app starts if it does not exist).
+
+        ``value_type`` may be a pydantic model, a dataclass, any type pydantic validates,
+        ``bytes`` (untouched) or ``str``; ``key_type`` is ``str``, ``int`` or ``bytes``.
+        Declaring the same name again returns the same topic if the types agree.
+        """
+        existing = self.topics.get(name)
+        if existing is not None:
+            if (existing.value_type, existing.key_type) != (value_type, key_type):
+                raise DeclarationError(
+                    f"topic {name!r} is already declared with value_type="
+                    f"{existing.value_type!r}, key_type={existing.key_type!r}"
+                )
+            return existing
+        topic: Topic[Any, Any] = Topic(
+            self,
+            name,
+            key_type=key_type,
+            value_type=value_type,
+            partitions=partitions,
+            compacted=compacted,
+            retention_ms=retention_ms,
+        )
+        self.topics[name] = topic
+        return topic
+
+    def agent(
+        self,
+        topic: Topic[Any, Any],
+        *,
+        name: str | None = None,
+        concurrency: int = 1,
+        on_error: ErrorPolicy = "raise",
+        retries: int = 0,
+        backoff: float = 0.5,
+        sink: Topic[Any, Any] | None = None,
+    ) -> Callable[[F], F]:
+        """Declare an agent over ``topic``'s stream.
+
+        The function is either ``async def f(stream)`` iterating the events, or a plain
+        ``def f(event)`` (sync, or ``async``-returning) called per event whose non-``None``
+        result goes to ``sink``. Per-partition order is kept; ``concurrency`` members of the
+        agent's group run in this worker, each on its own partitions.
+
+        Args:
+            topic: a topic declared on this app.
+            name: the agent's name (default: the function's), unique in the app.
+            concurrency: members of the group in this worker.
+            on_error: after ``retries``, ``raise`` stops the app, ``skip`` drops the event,
+                ``dead_letter`` sends it to the topic's dead-letter topic with the reason.
+            retries: how many times a failing event is retried first.
+            backoff: seconds before the first retry, doubling after each.
+            sink: where a per-event function's results are sent.
+        """
+        if topic.app is not self:
+            raise DeclarationError(f"{topic!r} belongs to another app: declare it on {self!r}")
+        if concurrency < 1 or retries < 0 or backoff < 0:
+            raise DeclarationError("concurrency >= 1, retries >= 0 and backoff >= 0 are needed")
+        if on_error not in ("raise", "skip", "dead_letter"):
+            raise DeclarationError(f"on_error={on_error!r}: use 'raise', 'skip' or 'dead_letter'")
+
+        def declare(fn: F) -> F:
+            agent_name: str = name or str(getattr(fn, "__name__", "agent"))
+            if agent_name in self.agents:
+                raise DeclarationError(f"an agent named {agent_name!r} is already declared")
+            self.agents[agent_name] = Agent(
+                self,
+                fn,
+                topic,
+                name=agent_name,
+                concurrency=concurrency,
+                on_error=on_error,
+                retries=retries,
+                backoff=backoff,
+                sink=sink,
+            )
+            return fn
+
+        return declare
+
+    def tables_of(self, topic: Topic[Any, Any]) -> list[Any]:
+        """The tables that change with events of ``topic`` (none until tables exist)."""
+        return []
+
+    # ------------------------------------------------------------ runtime
+    @property
+    def broker(self) -> Broker:
+        if self._broker is None:
+            raise ResourceStateError(f"app {self.name!r} is not started: use 'async with app'")
+        return self._broker
+
+    async def __aenter__(self) -> Self:
+        if self._started:
+            raise ResourceStateError(f"app {self.name!r} is already started")
+        self._started = True
+        arg = self._broker_arg
+        if arg is None:
+            arg = os.environ.get("NEUROPLEX_BROKER", DEFAULT_BROKER)
+        if isinstance(arg, str):
+            self._broker = await brokers.connect(arg).open()
+            self._owns_broker = True
+        else:
+            self._broker = arg
+        try:
+            for topic in list(self.topics.values()):
+                await self._broker.create_topic(topic.spec(self.default_partitions))
+                await self._broker.create_topic(TopicSpec(topic.dead_letter_topic, partitions=1))
+        except BaseException:
+            await self._close_broker()
+            raise
+        if self.agents:
+            self._runner = asyncio.create_task(self._run_agents(), name=f"app {self.name}")
+        return self
+
+    async def _run_agents(self) -> None:
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                for agent in self.agents.values():
+                    tasks.create_task(agent.run(), name=f"agent {agent.name}")
+        except BaseExceptionGroup as group:
+            raise _first_leaf(group) from None
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Drain (agents finish their batch and commit), then close. Idempotent."""
+        runner, self._runner = self._runner, None
+        try:
+            if runner is not None and not runner.done():
+                for source in self.sources:
+                    source.stopping = True
+                try:
+                    async with asyncio.timeout(self.drain_timeout):
+                        await asyncio.shield(runner)
+                except TimeoutError:
+                    log.warning(
+                        "app %s: agents did not drain in %ss", self.name, self.drain_timeout
+                    )
+                    runner.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await runner
+            if runner is not None and not self._failure_seen and not runner.cancelled():
+                self._failure_seen = True
+                failure = runner.exception()
+                if failure is not None:
+                    raise failure
+        finally:
+            await self._close_broker()
+
+    async def _close_broker(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is not None and self._owns_broker:
+            await broker.aclose()
+
+    async def wait(self) -> None:
+        """Until the agents end (when their code returns); raises an agent's failure."""
+        if self._runner is not None:
+            try:
+                await asyncio.shield(self._runner)
+            except Exception:
+                self._failure_seen = True
+                raise
+
+    def run(self) -> None:
+        """Run until SIGINT/SIGTERM (then drain and close) or until an agent fails."""
+        asyncio.run(self._serve())
+
+    async def _serve(self) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with self:
+            waiter = asyncio.create_task(stop.wait())
+            runner = self._runner
+            watched: set[asyncio.Future[Any]] = {waiter}
+            if runner is not None:
+                watched.add(runner)
+            await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+
+    async def dead_letter(self, record: Record, reason: str) -> None:
+        """Send ``record`` to its topic's dead-letter topic with the reason and its position."""
+        headers = (
+            *record.headers,
+            ("x-dead-letter-reason", reason.encode()),
+            ("x-source-topic", record.topic.encode()),
+            ("x-source-partition", str(record.partition).encode()),
+            ("x-source-offset", str(record.offset).encode()),
+        )
+        await self.broker.produce_batch(
+            record.topic + DEAD_LETTER_SUFFIX,
+            [ProducerRecord(record.value, record.key, None, headers)],
+        )
+        log.warning(
+            "dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+        )
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error inside (nested) task groups: what the user needs to see."""
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first

@@ -1,0 +1,269 @@
+"""Streams: what an agent iterates, and the operations that shape it.
+
+A :class:`Stream` pulls batches from the agent's subscription on demand: there is no queue
+between the log and the agent's code, so memory stays bounded by the subscription's buffer. A
+batch is the unit of work: when the agent asks for the event after a batch, every participant
+(tables) flushes what the batch changed and the batch's positions are committed. If the agent
+fails inside a batch, participants roll back to the batch start and the batch is replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from brokers import Record, Subscription, TopicPartition
+from streams._errors import DecodeError
+from streams._event import Event
+
+if TYPE_CHECKING:
+    from streams._topic import Topic
+
+__all__ = ("BatchParticipant", "Stream")
+
+T = TypeVar("T")
+U = TypeVar("U")
+
+_IDLE_WAKE = 0.5
+
+
+class BatchParticipant(Protocol):
+    """State that changes with a batch of events (tables)."""
+
+    async def flush(self, positions: dict[TopicPartition, int]) -> None:
+        """Make the batch's changes durable; ``positions`` are the source next-offsets."""
+        ...
+
+    def savepoint(self) -> None:
+        """An event is about to be handled: remember the state to roll back to."""
+        ...
+
+    def rollback(self) -> None:
+        """Undo every change since the last savepoint."""
+        ...
+
+
+class Source:
+    """The cursor over one subscription's batches that a Stream reads from."""
+
+    def __init__(
+        self,
+        topic: Topic[Any, Any],
+        sub: Subscription,
+        *,
+        dead_letter: Callable[[Record, str], Awaitable[None]],
+        participants: list[BatchParticipant],
+    ) -> None:
+        self.topic = topic
+        self.sub = sub
+        self._dead_letter = dead_letter
+        self._participants = participants
+        self._batch: list[Record] = []
+        self._index = 0
+        self._skip: set[int] = set()
+        self.current: int | None = None  # batch index of the event last yielded
+        self._mark = 0  # batch index of the savepoint
+        self.closed = False
+        self.stopping = False  # set by the app to end the stream at the next batch boundary
+
+    @property
+    def current_record(self) -> Record | None:
+        return None if self.current is None else self._batch[self.current]
+
+    async def next(
+        self, timeout: float | None = None, *, savepoint: bool = True
+    ) -> Event[Any, Any] | None:
+        """The next event; ``None`` when ``timeout`` passes or the source ends.
+
+        With ``savepoint`` (the default) the state before this event is what a failure rolls
+        back to; ``take`` sets one savepoint for a whole list.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            while self._index < len(self._batch):
+                i = self._index
+                self._index += 1
+                if i in self._skip:
+                    continue
+                record = self._batch[i]
+                try:
+                    event = self.topic.decode(record)
+                except DecodeError as exc:
+                    await self._dead_letter(record, exc.reason)
+                    self._skip.add(i)
+                    continue
+                self.current = i
+                if savepoint:
+                    self.savepoint(i)
+                return event
+            if self.closed:
+                return None
+            await self.finish_batch()
+            if self.stopping:
+                self.closed = True
+                return None
+            # wake at least twice a second to notice a stop request while the log is idle
+            remaining = _IDLE_WAKE if deadline is None else max(0.0, deadline - loop.time())
+            batch = await self.sub.getmany(timeout=min(remaining, _IDLE_WAKE))
+            if not batch:
+                if self.sub_closed():
+                    self.closed = True
+                    return None
+                if self.stopping or (deadline is not None and loop.time() >= deadline):
+                    return None
+                continue
+            self._batch, self._index, self._skip, self.current = batch, 0, set(), None
+            self._mark = 0
+
+    def savepoint(self, index: int | None = None) -> None:
+        """Failures from here on roll back to this point (the next event by default)."""
+        self._mark = self._index if index is None else index
+        for participant in self._participants:
+            participant.savepoint()
+
+    def failed_records(self) -> list[Record]:
+        """The records handed out since the savepoint: what a failure is about."""
+        if self.current is None:
+            return []
+        return [self._batch[i] for i in range(self._mark, self.current + 1) if i not in self._skip]
+
+    def batch_exhausted(self) -> bool:
+        """True when every event of the fetched batch was handed out."""
+        return self._index >= len(self._batch)
+
+    def sub_closed(self) -> bool:
+        return bool(getattr(self.sub, "closed", False))
+
+    async def finish_batch(self) -> None:
+        """Flush participants, then commit the batch's positions."""
+        if not self._batch:
+            return
+        positions: dict[TopicPartition, int] = {}
+        for record in self._batch:
+            positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        for participant in self._participants:
+            await participant.flush(positions)
+        if self.sub.group is not None:
+            owned = {tp: off for tp, off in positions.items() if tp in self.sub.assignment}
+            if owned:
+                await self.sub.commit(owned)
+        self._batch, self._index, self._skip, self.current = [], 0, set(), None
+        self._mark = 0
+
+    def rewind(self, *, skip: bool) -> None:
+        """Roll participants back to the savepoint; hand its events out again unless ``skip``."""
+        for participant in self._participants:
+            participant.rollback()
+        if skip and self.current is not None:
+            self._skip.update(range(self._mark, self.current + 1))
+        self._index = self._mark
+        self.current = None
+
+
+class Stream(Generic[T]):
+    """An async iterable of items (events at the source) with pipeable operations.
+
+    Example:
+        >>> @app.agent(orders)
+        ... async def big(stream: Stream[Event[str, Order]]) -> None:
+        ...     async for order in stream.map(lambda e: e.value).filter(lambda o: o.total > 100):
+        ...         print(order)
+    """
+
+    def __init__(
+        self,
+        items: Callable[[], AsyncIterator[T]],
+        source: Source,
+    ) -> None:
+        self._items = items
+        self._source = source
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._items()
+
+    def _derive(self, items: Callable[[], AsyncIterator[U]]) -> Stream[U]:
+        return Stream(items, self._source)
+
+    def map(self, fn: Callable[[T], U]) -> Stream[U]:
+        """Each item transformed by ``fn``."""
+
+        async def items() -> AsyncIterator[U]:
+            async for item in self:
+                yield fn(item)
+
+        return self._derive(items)
+
+    def filter(self, predicate: Callable[[T], bool]) -> Stream[T]:
+        """Only the items for which ``predicate`` is true."""
+
+        async def items() -> AsyncIterator[T]:
+            async for item in self:
+                if predicate(item):
+                    yield item
+
+        return self._derive(items)
+
+    def enumerate(self, start: int = 0) -> Stream[tuple[int, T]]:
+        """Items numbered from ``start``."""
+
+        async def items() -> AsyncIterator[tuple[int, T]]:
+            n = start
+            async for item in self:
+                yield n, item
+                n += 1
+
+        return self._derive(items)
+
+
+def source_stream(source: Source) -> EventStream:
+    """The stream of events of a source, with ``take`` available on it."""
+
+    async def items() -> AsyncIterator[Event[Any, Any]]:
+        while True:
+            event = await source.next()
+            if event is None:
+                return
+            yield event
+
+    return EventStream(items, source)
+
+
+class EventStream(Stream[Event[Any, Any]]):
+    """The stream an agent receives: events, plus operations that need the source's clock."""
+
+    def take(self, n: int, *, within: float) -> Stream[list[Event[Any, Any]]]:
+        """Lists of up to ``n`` events, each given at most ``within`` seconds to fill.
+
+        A list never spans two fetched batches (it is handed over when the batch runs out), so
+        positions are never committed ahead of the events the agent still holds.
+        """
+        if n < 1 or within <= 0:
+            from streams._errors import DeclarationError
+
+            raise DeclarationError(f"take needs n >= 1 and within > 0, got n={n}, within={within}")
+        source = self._source
+
+        async def items() -> AsyncIterator[list[Event[Any, Any]]]:
+            loop = asyncio.get_running_loop()
+            while True:
+                chunk: list[Event[Any, Any]] = []
+                deadline = loop.time() + within
+                source.savepoint()
+                while len(chunk) < n:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    event = await source.next(timeout=remaining, savepoint=False)
+                    if event is None:
+                        break
+                    chunk.append(event)
+                    if source.batch_exhausted():
+                        break
+                if chunk:
+                    yield chunk
+                elif source.closed:
+                    return
+
+        return self._derive(items)
