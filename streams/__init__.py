@@ -16,6 +16,7 @@ from streams._codec import BytesCodec, Codec, JsonCodec, StrCodec
 from streams._errors import DeclarationError, DecodeError, EncodeError
 from streams._event import Event
 from streams._stream import EventStream, Stream
+from streams._table import RestoreProgress, Table, TableError
 from streams._topic import DEAD_LETTER_SUFFIX, Topic
 
 __all__ = (
@@ -32,7 +33,10 @@ __all__ = (
     "Event",
     "EventStream",
     "JsonCodec",
+    "RestoreProgress",
     "StrCodec",
     "Stream",
+    "Table",
+    "TableError",
     "Topic",
 )

@@ -14,6 +14,7 @@ from streams._stream import EventStream, Source, source_stream
 
 if TYPE_CHECKING:
     from streams._app import App
+    from streams._table import Table
     from streams._topic import Topic
 
 __all__ = ("Agent", "AgentError", "ErrorPolicy")
@@ -166,10 +167,12 @@ class Agent(Generic[K, V]):
         del failures[where]
         source.rewind(skip=True)
 
-    async def _assigned(self, tps: frozenset[TopicPartition], tables: list[Any]) -> None:
+    async def _assigned(
+        self, tps: frozenset[TopicPartition], tables: list[Table[Any, Any]]
+    ) -> None:
         for table in tables:
             await table.on_assigned(tps)
 
-    async def _revoked(self, tps: frozenset[TopicPartition], tables: list[Any]) -> None:
+    async def _revoked(self, tps: frozenset[TopicPartition], tables: list[Table[Any, Any]]) -> None:
         for table in tables:
             await table.on_revoked(tps)

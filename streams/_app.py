@@ -16,6 +16,7 @@ from brokers import Broker, ProducerRecord, Record, ResourceStateError, TopicSpe
 from streams._agent import Agent, ErrorPolicy
 from streams._errors import DeclarationError
 from streams._stream import Source
+from streams._table import RestoreProgress, Table
 from streams._topic import DEAD_LETTER_SUFFIX, Topic
 
 __all__ = ("App",)
@@ -72,6 +73,7 @@ class App:
         self.drain_timeout = drain_timeout
         self.topics: dict[str, Topic[Any, Any]] = {}
         self.agents: dict[str, Agent[Any, Any]] = {}
+        self.tables: dict[str, Table[Any, Any]] = {}
         self.sources: set[Source] = set()
         self._broker: Broker | None = None
         self._owns_broker = False
@@ -173,9 +175,46 @@ class App:
 
         return declare
 
-    def tables_of(self, topic: Topic[Any, Any]) -> list[Any]:
-        """The tables that change with events of ``topic`` (none until tables exist)."""
-        return []
+    def table(
+        self,
+        name: str,
+        *,
+        source: Topic[Any, Any],
+        default: Callable[[], Any] | None = None,
+        value_type: Any = Any,
+        on_restore: RestoreProgress | None = None,
+    ) -> Table[Any, Any]:
+        """Declare a table folded by the agents of ``source``, partitioned like it.
+
+        Its changelog is the compacted topic ``<app>.<name>.changelog``; the partitions a
+        worker gains are restored from it before their events are handled (``on_restore``
+        hears the progress), and the state is exactly-once (see :class:`Table`).
+
+        Args:
+            name: the table's name, unique in the app.
+            source: the topic whose agents change the table (keys must be that topic's keys).
+            default: makes missing keys read as ``default()`` (``table[k] += 1`` just works).
+            value_type: what values are (any type pydantic validates; JSON in the changelog).
+            on_restore: called as ``(table, partition, records_read, records_total)``.
+        """
+        if name in self.tables:
+            raise DeclarationError(f"a table named {name!r} is already declared")
+        if source.app is not self:
+            raise DeclarationError(f"{source!r} belongs to another app: declare it on {self!r}")
+        table: Table[Any, Any] = Table(
+            self,
+            name,
+            source=source,
+            default=default,
+            value_type=value_type,
+            on_restore=on_restore,
+        )
+        self.tables[name] = table
+        return table
+
+    def tables_of(self, topic: Topic[Any, Any]) -> list[Table[Any, Any]]:
+        """The tables that change with events of ``topic``."""
+        return [t for t in self.tables.values() if t.source is topic]
 
     # ------------------------------------------------------------ runtime
     @property
@@ -200,6 +239,8 @@ class App:
             for topic in list(self.topics.values()):
                 await self._broker.create_topic(topic.spec(self.default_partitions))
                 await self._broker.create_topic(TopicSpec(topic.dead_letter_topic, partitions=1))
+            for table in self.tables.values():
+                await table.start()
         except BaseException:
             await self._close_broker()
             raise

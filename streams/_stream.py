@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from brokers import Record, Subscription, TopicPartition
+from streams._context import Current
+from streams._context import current as _current
 from streams._errors import DecodeError
 from streams._event import Event
 
@@ -97,6 +99,9 @@ class Source:
                 self.current = i
                 if savepoint:
                     self.savepoint(i)
+                _current.set(
+                    Current(self, record.topic, record.partition, record.offset, record.timestamp)
+                )
                 return event
             if self.closed:
                 return None

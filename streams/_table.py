@@ -1,0 +1,292 @@
+"""Tables: dict-like state partitioned like its source topic, kept in a compacted changelog.
+
+Exactly-once state without broker transactions
+----------------------------------------------
+Delivery is at least once: after a crash, the events since the last commit come again. A
+table must apply each of them exactly once. Every changelog record carries, in the
+``x-source-next`` header, the source position (next offset of the source partition) up to
+which its key's value includes the events. When an event comes again, a write to a key whose
+position is already past that event is ignored: its value already holds the event's effect.
+This holds key by key, so a changelog flush cut short by a crash (some keys written, others
+not) neither loses nor doubles anything; and restore, which keeps for each key the record with
+the highest position, gives the same state as a fresh fold of the source whoever wrote it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from brokers import ConfigurationError, ProducerRecord, TopicPartition, default_partitioner
+from streams._codec import Codec, codec_for
+from streams._context import current
+
+if TYPE_CHECKING:
+    from streams._app import App
+    from streams._topic import Topic
+
+__all__ = ("RestoreProgress", "Table", "TableError")
+
+log = logging.getLogger("neuroplex.tables")
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+SOURCE_HEADER = "x-source-next"
+_MISSING: Any = object()
+
+RestoreProgress = Callable[["Table[Any, Any]", int, int, int], None]
+"""Called as ``(table, partition, records_read, records_total)`` while a partition restores."""
+
+
+class TableError(ConfigurationError):
+    """A table was used in a way that cannot keep its guarantees; the message says how."""
+
+
+class Table(Generic[K, V]):
+    """A dict-like view folded by an agent, partitioned like its source topic.
+
+    Declare with :meth:`App.table`. Change it only inside an agent of its source topic, with
+    keys of the event's partition (``table[event.key] += 1``); read it anywhere for the
+    partitions this worker holds.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        name: str,
+        *,
+        source: Topic[K, Any],
+        default: Callable[[], V] | None = None,
+        value_type: Any = Any,
+        on_restore: RestoreProgress | None = None,
+    ) -> None:
+        self.app = app
+        self.name = name
+        self.source = source
+        self.default = default
+        self.value_type = value_type
+        self.on_restore = on_restore
+        self.changelog: Topic[K, V] = app.topic(
+            f"{app.name}.{name}.changelog",
+            key_type=source.key_type,
+            value_type=value_type,
+            partitions=source.partitions,
+            compacted=True,
+        )
+        self._key_codec: Codec[Any] = source.key_codec
+        self._value_codec: Codec[Any] = codec_for(value_type)
+        self._data: dict[int, dict[K, V]] = {}
+        self._positions: dict[int, dict[K, int]] = {}
+        self._dirty: dict[int, dict[K, int]] = {}
+        self._undo: list[tuple[int, K, Any, int | None]] = []
+        self._partitions: int | None = None
+
+    def __repr__(self) -> str:
+        return f"<Table {self.name} of {self.source.name} holding {sorted(self._data)}>"
+
+    # ------------------------------------------------------------ reading
+    @property
+    def partitions(self) -> frozenset[int]:
+        """The partitions this worker holds (restored and current)."""
+        return frozenset(self._data)
+
+    def partition_of(self, key: K) -> int:
+        """The partition a key belongs to (the source topic's partitioner)."""
+        if self._partitions is None:
+            raise TableError(f"table {self.name!r} is not started: use it while the app runs")
+        encoded = self._key_codec.encode(key)
+        return default_partitioner(encoded, self._partitions)
+
+    def _held(self, key: K) -> tuple[int, dict[K, V]]:
+        partition = self.partition_of(key)
+        data = self._data.get(partition)
+        if data is None:
+            raise TableError(
+                f"key {key!r} of table {self.name!r} is in partition {partition}, which this "
+                f"worker does not hold (it holds {sorted(self._data)}); read it on the worker "
+                "that does, or through a global view"
+            )
+        return partition, data
+
+    def __getitem__(self, key: K) -> V:
+        _, data = self._held(key)
+        value = data.get(key, _MISSING)
+        if value is _MISSING:
+            if self.default is None:
+                raise KeyError(key)
+            return self.default()
+        return value  # type: ignore[no-any-return]
+
+    def get(self, key: K, default: V | None = None) -> V | None:
+        _, data = self._held(key)
+        return data.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            _, data = self._held(key)  # type: ignore[arg-type]
+        except TableError:
+            return False
+        return key in data
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self._data.values())
+
+    def __iter__(self) -> Iterator[K]:
+        for data in self._data.values():
+            yield from data
+
+    def items(self) -> Iterator[tuple[K, V]]:
+        for data in self._data.values():
+            yield from data.items()
+
+    def position(self, key: K) -> int | None:
+        """The source position up to which ``key``'s value includes the events."""
+        partition, _ = self._held(key)
+        return self._positions[partition].get(key)
+
+    # ------------------------------------------------------------ writing
+    def __setitem__(self, key: K, value: V) -> None:
+        self._write(key, value)
+
+    def __delitem__(self, key: K) -> None:
+        self._write(key, _MISSING)
+
+    def _write(self, key: K, value: Any) -> None:
+        now = current.get()
+        if now is None or now.topic != self.source.name:
+            raise TableError(
+                f"table {self.name!r} changes only inside an agent of its source topic "
+                f"{self.source.name!r} (that is what makes its state exactly-once)"
+            )
+        partition, data = self._held(key)
+        if partition != now.partition:
+            raise TableError(
+                f"key {key!r} belongs to partition {partition} of table {self.name!r} but the "
+                f"event came from partition {now.partition}: re-key the stream first (send it "
+                "through a topic keyed by the table's key)"
+            )
+        positions = self._positions[partition]
+        done = positions.get(key)
+        if done is not None and now.offset < done:
+            return  # an event seen again after a restart: the value already holds it
+        self._undo.append((partition, key, data.get(key, _MISSING), done))
+        if value is _MISSING:
+            data.pop(key, None)
+        else:
+            data[key] = value
+        positions[key] = now.offset + 1
+        self._dirty.setdefault(partition, {})[key] = now.offset + 1
+
+    # ------------------------------------------------------------ batch participant
+    def savepoint(self) -> None:
+        self._undo.clear()
+
+    def rollback(self) -> None:
+        for partition, key, old, old_position in reversed(self._undo):
+            data, positions = self._data[partition], self._positions[partition]
+            if old is _MISSING:
+                data.pop(key, None)
+            else:
+                data[key] = old
+            if old_position is None:
+                positions.pop(key, None)
+                self._dirty.get(partition, {}).pop(key, None)
+            else:
+                positions[key] = old_position
+        self._undo.clear()
+
+    async def flush(self, positions: dict[TopicPartition, int]) -> None:
+        """Write the changed keys to the changelog, each with its source position."""
+        dirty, self._dirty = self._dirty, {}
+        self._undo.clear()
+        for partition, keys in dirty.items():
+            data = self._data.get(partition)
+            if data is None:
+                continue  # revoked meanwhile: the new owner replays these events
+            records = []
+            for key, position in keys.items():
+                value = data.get(key, _MISSING)
+                records.append(
+                    ProducerRecord(
+                        None if value is _MISSING else self._value_codec.encode(value),
+                        self._key_codec.encode(key),
+                        partition,
+                        ((SOURCE_HEADER, str(position).encode()),),
+                    )
+                )
+            await self.app.broker.produce_batch(self.changelog.name, records)
+
+    # ------------------------------------------------------------ assignment
+    async def start(self) -> None:
+        spec = await self.app.broker.describe_topic(self.source.name)
+        self._partitions = spec.partitions
+
+    async def on_assigned(self, tps: frozenset[TopicPartition]) -> None:
+        for tp in sorted(tps):
+            if tp.topic == self.source.name and tp.partition not in self._data:
+                await self._restore(tp.partition)
+
+    async def on_revoked(self, tps: frozenset[TopicPartition]) -> None:
+        for tp in tps:
+            if tp.topic == self.source.name:
+                self._data.pop(tp.partition, None)
+                self._positions.pop(tp.partition, None)
+                self._dirty.pop(tp.partition, None)
+
+    async def load(self, partitions: Iterable[int] | None = None) -> None:
+        """Fold changelog partitions into this table (all by default) as a read-only replica.
+
+        For workers that read state they do not own (a dashboard, a test's check); the owners'
+        copies are restored on assignment without this call.
+        """
+        if self._partitions is None:
+            raise TableError(f"table {self.name!r} is not started: use it while the app runs")
+        for partition in sorted(range(self._partitions) if partitions is None else partitions):
+            await self._restore(partition)
+
+    async def _restore(self, partition: int) -> None:
+        """Fold the changelog partition: for each key, the record with the highest position."""
+        broker = self.app.broker
+        name = self.changelog.name
+        end = (await broker.end_offsets(name))[partition]
+        begin = (await broker.beginning_offsets(name))[partition]
+        data: dict[K, V] = {}
+        positions: dict[K, int] = {}
+        read = 0
+        tp = TopicPartition(name, partition)
+        if end > begin:
+            async with broker.subscribe(name, partitions=[partition], max_batch=5000) as sub:
+                while (sub.position(tp) or begin) < end:
+                    for record in await sub.getmany(timeout=1.0):
+                        read += 1
+                        if record.key is None:
+                            continue
+                        key = self._key_codec.decode(record.key)
+                        position = _source_position(record.headers)
+                        if positions.get(key, -1) > position:
+                            continue
+                        positions[key] = position
+                        if record.value is None:
+                            data.pop(key, None)
+                        else:
+                            data[key] = self._value_codec.decode(record.value)
+                    if self.on_restore is not None:
+                        self.on_restore(self, partition, read, max(read, end - begin))
+        self._data[partition] = data
+        self._positions[partition] = positions
+        log.info(
+            "table %s: partition %d restored, %d keys from %d records",
+            self.name,
+            partition,
+            len(data),
+            read,
+        )
+
+
+def _source_position(headers: tuple[tuple[str, bytes], ...]) -> int:
+    for name, value in headers:
+        if name == SOURCE_HEADER:
+            return int(value)
+    return -1

@@ -1,0 +1,182 @@
+"""Tables: restore, exactly-once state across replays and kills, and misuse."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+import brokers
+from brokers import TopicPartition
+from streams import App, EventStream, Table, TableError
+from tests.brokers.conftest import SESSION_TIMEOUT, unique
+from tests.streams._counting import build
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def settle(table: Table[str, int], expected: dict[str, int], timeout: float = 60) -> None:
+    """Wait until the table holds ``expected`` (agents fold in the background)."""
+    async with asyncio.timeout(timeout):
+        while dict(table.items()) != expected:  # noqa: ASYNC110 - state lives in the agent
+            await asyncio.sleep(0.05)
+
+
+async def read_counts(url: str, name: str, topic: str) -> dict[str, int]:
+    """A fresh replica of the counts table, folded from its changelog."""
+    app = build(url, name, topic)
+    app.agents.clear()  # a reader: no agent, so no group membership
+    async with app:
+        table = app.tables["counts"]
+        await table.load()
+        return dict(table.items())
+
+
+def counting_app(log: brokers.Broker, name: str, topic: str) -> tuple[App, Table[str, int]]:
+    """The app over an open broker, so memory:// keeps its log between two runs."""
+    app = App(name, broker=log, partitions=4, session_timeout=SESSION_TIMEOUT)
+    views = app.topic(topic, value_type=int)
+    counts: Table[str, int] = app.table("counts", source=views, default=int)
+
+    @app.agent(views)
+    async def count(stream: EventStream) -> None:
+        async for event in stream:
+            counts[event.key] += event.value
+
+    return app, counts
+
+
+async def test_counts_survive_a_restart_without_double_counting(broker: brokers.Broker) -> None:
+    name, topic = unique("counter"), unique("views")
+    expected: Counter[str] = Counter()
+    app, counts = counting_app(broker, name, topic)
+    async with app:
+        batch = [(f"u{i % 7}", 1) for i in range(70)]
+        await app.topics[topic].send_many(batch)
+        expected.update(k for k, _ in batch)
+        await settle(counts, dict(expected))
+    # a second run restores from the changelog and goes on from the committed positions
+    progress: list[tuple[int, int, int]] = []
+    app, counts = counting_app(broker, name, topic)
+    counts.on_restore = lambda table, p, done, total: progress.append((p, done, total))
+    async with app:
+        batch = [(f"u{i % 5}", 2) for i in range(10)]
+        await app.topics[topic].send_many(batch)
+        for key, value in batch:
+            expected[key] += value
+        await settle(counts, dict(expected))
+    assert progress, "restore progress was reported"
+    assert all(done <= total for _, done, total in progress)
+
+
+async def test_a_full_replay_applies_nothing_twice(broker: brokers.Broker) -> None:
+    name, topic = unique("replay"), unique("views")
+    app, counts = counting_app(broker, name, topic)
+    async with app:
+        await app.topics[topic].send_many([(f"u{i % 3}", 1) for i in range(30)])
+        await settle(counts, {"u0": 10, "u1": 10, "u2": 10})
+    # rewind the agent's group to the very beginning: every event is delivered again
+    group = f"{name}.count"
+    async with broker.subscribe(topic, group=group, session_timeout=SESSION_TIMEOUT) as sub:
+        async with asyncio.timeout(40):
+            while len(sub.assignment) < 4:
+                await sub.getmany(timeout=0.2)
+        await sub.commit({TopicPartition(topic, p): 0 for p in range(4)})
+    app, counts = counting_app(broker, name, topic)
+    async with app:
+        await app.topics[topic].send("u0", 5)
+        await settle(counts, {"u0": 15, "u1": 10, "u2": 10})
+
+
+async def test_tables_refuse_writes_that_would_break_their_guarantees(broker_url: str) -> None:
+    app = App(unique("misuse"), broker=broker_url, partitions=4, session_timeout=SESSION_TIMEOUT)
+    views = app.topic(unique("views"), value_type=int)
+    counts: Table[str, int] = app.table("counts", source=views, default=int)
+    errors: list[TableError] = []
+
+    @app.agent(views)
+    async def wrong_key(stream: EventStream) -> None:
+        async for event in stream:
+            other = next(
+                f"x{i}" for i in range(100) if counts.partition_of(f"x{i}") != event.partition
+            )
+            try:
+                counts[other] = 1
+            except TableError as exc:
+                errors.append(exc)
+
+    async with app:
+        with pytest.raises(TableError, match="inside an agent"):
+            counts["u"] = 1
+        await views.send("u", 1)
+        async with asyncio.timeout(40):
+            while not errors:  # noqa: ASYNC110 - set by the agent
+                await asyncio.sleep(0.05)
+    assert "re-key the stream" in str(errors[0])
+
+
+@pytest.mark.chaos
+@pytest.mark.backends("sqlite", "kafka", "nats")
+async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) -> None:
+    name, topic = unique("chaos"), unique("views")
+    rng = random.Random(os.environ.get("NEUROPLEX_CHAOS_SEED", "20"))
+    expected: Counter[str] = Counter()
+    producer_app = build(broker_url, name, topic)
+    producer_app.agents.clear()
+    async with producer_app:
+        views = producer_app.topics[topic]
+        for _kill in range(20):
+            batch = [(f"user-{rng.randrange(50)}", rng.randrange(1, 4)) for _ in range(400)]
+            await views.send_many(batch)
+            for key, value in batch:
+                expected[key] += value
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.streams._counting",
+                broker_url,
+                name,
+                topic,
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            assert proc.stdout is not None
+            try:
+                flushes = rng.randrange(0, 4)
+                async with asyncio.timeout(60):
+                    for _ in range(flushes + 1):
+                        await proc.stdout.readline()
+                await asyncio.sleep(rng.random() * 0.3)
+            finally:
+                proc.send_signal(signal.SIGKILL)
+                await proc.wait()
+        # a last worker runs to the end of the input
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.streams._counting",
+            broker_url,
+            name,
+            topic,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        try:
+            async with asyncio.timeout(120):
+                while True:
+                    got = await read_counts(broker_url, name, topic)
+                    assert all(got.get(k, 0) <= v for k, v in expected.items()), "double counted"
+                    if got == dict(expected):
+                        break
+                    await asyncio.sleep(0.5)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            await proc.wait()
