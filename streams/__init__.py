@@ -18,6 +18,8 @@ from streams._event import Event
 from streams._stream import EventStream, Stream
 from streams._table import RestoreProgress, Table, TableError
 from streams._topic import DEAD_LETTER_SUFFIX, Topic
+from streams._windowed import ClosedWindow, WindowedTable, WindowSet
+from streams._windows import Hopping, Session, Sliding, Tumbling, Window, WindowSpec
 
 __all__ = (
     "DEAD_LETTER_SUFFIX",
@@ -25,6 +27,7 @@ __all__ = (
     "AgentError",
     "App",
     "BytesCodec",
+    "ClosedWindow",
     "Codec",
     "DeclarationError",
     "DecodeError",
@@ -32,11 +35,19 @@ __all__ = (
     "ErrorPolicy",
     "Event",
     "EventStream",
+    "Hopping",
     "JsonCodec",
     "RestoreProgress",
+    "Session",
+    "Sliding",
     "StrCodec",
     "Stream",
     "Table",
     "TableError",
     "Topic",
+    "Tumbling",
+    "Window",
+    "WindowSet",
+    "WindowSpec",
+    "WindowedTable",
 )

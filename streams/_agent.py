@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from streams._app import App
     from streams._table import Table
     from streams._topic import Topic
+    from streams._windowed import WindowedTable
 
 __all__ = ("Agent", "AgentError", "ErrorPolicy")
 
@@ -168,11 +169,17 @@ class Agent(Generic[K, V]):
         source.rewind(skip=True)
 
     async def _assigned(
-        self, tps: frozenset[TopicPartition], tables: list[Table[Any, Any]]
+        self,
+        tps: frozenset[TopicPartition],
+        tables: list[Table[Any, Any] | WindowedTable[Any, Any]],
     ) -> None:
         for table in tables:
             await table.on_assigned(tps)
 
-    async def _revoked(self, tps: frozenset[TopicPartition], tables: list[Table[Any, Any]]) -> None:
+    async def _revoked(
+        self,
+        tps: frozenset[TopicPartition],
+        tables: list[Table[Any, Any] | WindowedTable[Any, Any]],
+    ) -> None:
         for table in tables:
             await table.on_revoked(tps)

@@ -15,9 +15,12 @@ import brokers
 from brokers import Broker, ProducerRecord, Record, ResourceStateError, TopicSpec
 from streams._agent import Agent, ErrorPolicy
 from streams._errors import DeclarationError
+from streams._event import Event
 from streams._stream import Source
 from streams._table import RestoreProgress, Table
 from streams._topic import DEAD_LETTER_SUFFIX, Topic
+from streams._windowed import ClosedWindow, WindowedTable
+from streams._windows import WindowSpec
 
 __all__ = ("App",)
 
@@ -73,7 +76,7 @@ class App:
         self.drain_timeout = drain_timeout
         self.topics: dict[str, Topic[Any, Any]] = {}
         self.agents: dict[str, Agent[Any, Any]] = {}
-        self.tables: dict[str, Table[Any, Any]] = {}
+        self.tables: dict[str, Table[Any, Any] | WindowedTable[Any, Any]] = {}
         self.sources: set[Source] = set()
         self._broker: Broker | None = None
         self._owns_broker = False
@@ -212,7 +215,58 @@ class App:
         self.tables[name] = table
         return table
 
-    def tables_of(self, topic: Topic[Any, Any]) -> list[Table[Any, Any]]:
+    def windowed_table(
+        self,
+        name: str,
+        *,
+        source: Topic[Any, Any],
+        window: WindowSpec,
+        default: Callable[[], Any],
+        merge: Callable[[Any, Any], Any] | None = None,
+        on_close: Callable[[ClosedWindow[Any, Any]], None] | None = None,
+        emit_to: Topic[Any, Any] | None = None,
+        close_on_wall_clock: bool = False,
+        time_of: Callable[[Event[Any, Any]], int] | None = None,
+    ) -> WindowedTable[Any, Any]:
+        """Declare aggregates per key and event-time window (see :mod:`streams._windows`).
+
+        ``table[event.key] += x`` adds to every window of the event's time. Windows close when
+        stream time passes their end plus grace; closed windows go to ``on_close`` and, as
+        ``{"start", "end", "value"}`` records keyed like the source, to ``emit_to``. With
+        ``close_on_wall_clock``, windows whose time passed on the wall clock are emitted once a
+        second even when no event comes (they leave the state when stream time closes them).
+
+        Args:
+            name: the table's name, unique in the app.
+            source: the topic whose agents change it.
+            window: ``Tumbling.of(10)``, ``Hopping.of(10, 5)``, ``Sliding.of(60)`` or
+                ``Session.of(30)`` (each with ``grace=`` seconds).
+            default: the aggregate of an empty window (``int`` for counts).
+            merge: how session windows combine when they meet (e.g. ``operator.add``).
+            on_close: called with each closed window.
+            emit_to: a topic closed windows are sent to.
+            close_on_wall_clock: also close windows by the wall clock.
+            time_of: the event time in ms from an event (default: the record's log time),
+                e.g. ``lambda e: e.value.at_ms`` when producers stamp their events.
+        """
+        if name in self.tables:
+            raise DeclarationError(f"a table named {name!r} is already declared")
+        table: WindowedTable[Any, Any] = WindowedTable(
+            self,
+            name,
+            source=source,
+            window=window,
+            default=default,
+            merge=merge,
+            on_close=on_close,
+            emit_to=emit_to,
+            close_on_wall_clock=close_on_wall_clock,
+            time_of=time_of,
+        )
+        self.tables[name] = table
+        return table
+
+    def tables_of(self, topic: Topic[Any, Any]) -> list[Table[Any, Any] | WindowedTable[Any, Any]]:
         """The tables that change with events of ``topic``."""
         return [t for t in self.tables.values() if t.source is topic]
 
@@ -253,6 +307,13 @@ class App:
             async with asyncio.TaskGroup() as tasks:
                 for agent in self.agents.values():
                     tasks.create_task(agent.run(), name=f"agent {agent.name}")
+                clocked = [
+                    t
+                    for t in self.tables.values()
+                    if isinstance(t, WindowedTable) and t.close_on_wall_clock
+                ]
+                if clocked:
+                    tasks.create_task(_wall_clock(clocked), name="wall-clock windows")
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
 
@@ -345,3 +406,11 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
+
+
+async def _wall_clock(tables: list[WindowedTable[Any, Any]]) -> None:
+    """Emit windows whose time passed on the wall clock, once a second."""
+    while True:
+        await asyncio.sleep(1.0)
+        for table in tables:
+            table.close_by_wall_clock()

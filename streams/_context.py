@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from streams._event import Event
     from streams._stream import Source
 
 __all__ = ("Current", "current")
@@ -21,6 +22,7 @@ class Current:
     partition: int
     offset: int
     timestamp: int
+    event: Event[Any, Any]
 
 
 current: ContextVar[Current | None] = ContextVar("neuroplex_current_event", default=None)

@@ -100,7 +100,9 @@ class Source:
                 if savepoint:
                     self.savepoint(i)
                 _current.set(
-                    Current(self, record.topic, record.partition, record.offset, record.timestamp)
+                    Current(
+                        self, record.topic, record.partition, record.offset, record.timestamp, event
+                    )
                 )
                 return event
             if self.closed:

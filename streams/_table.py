@@ -81,6 +81,7 @@ class Table(Generic[K, V]):
         self._positions: dict[int, dict[K, int]] = {}
         self._dirty: dict[int, dict[K, int]] = {}
         self._undo: list[tuple[int, K, Any, int | None]] = []
+        self._touched: set[tuple[int, K]] = set()  # keys written since the savepoint
         self._partitions: int | None = None
 
     def __repr__(self) -> str:
@@ -169,8 +170,9 @@ class Table(Generic[K, V]):
             )
         positions = self._positions[partition]
         done = positions.get(key)
-        if done is not None and now.offset < done:
+        if done is not None and now.offset < done and (partition, key) not in self._touched:
             return  # an event seen again after a restart: the value already holds it
+        self._touched.add((partition, key))
         self._undo.append((partition, key, data.get(key, _MISSING), done))
         if value is _MISSING:
             data.pop(key, None)
@@ -182,6 +184,7 @@ class Table(Generic[K, V]):
     # ------------------------------------------------------------ batch participant
     def savepoint(self) -> None:
         self._undo.clear()
+        self._touched.clear()
 
     def rollback(self) -> None:
         for partition, key, old, old_position in reversed(self._undo):
@@ -196,11 +199,13 @@ class Table(Generic[K, V]):
             else:
                 positions[key] = old_position
         self._undo.clear()
+        self._touched.clear()
 
     async def flush(self, positions: dict[TopicPartition, int]) -> None:
         """Write the changed keys to the changelog, each with its source position."""
         dirty, self._dirty = self._dirty, {}
         self._undo.clear()
+        self._touched.clear()
         for partition, keys in dirty.items():
             data = self._data.get(partition)
             if data is None:
