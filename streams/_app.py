@@ -83,6 +83,7 @@ class App:
         self._runner: asyncio.Task[None] | None = None
         self._started = False
         self._failure_seen = False
+        self._stopping = False
 
     def __repr__(self) -> str:
         return f"<App {self.name} topics={len(self.topics)} agents={len(self.agents)}>"
@@ -313,9 +314,16 @@ class App:
                     if isinstance(t, WindowedTable) and t.close_on_wall_clock
                 ]
                 if clocked:
-                    tasks.create_task(_wall_clock(clocked), name="wall-clock windows")
+                    tasks.create_task(self._wall_clock(clocked), name="wall-clock windows")
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
+
+    async def _wall_clock(self, tables: list[WindowedTable[Any, Any]]) -> None:
+        """Emit windows whose time passed on the wall clock, once a second, until stopping."""
+        while not self._stopping:
+            await asyncio.sleep(min(1.0, self.drain_timeout / 4))
+            for table in tables:
+                table.close_by_wall_clock()
 
     async def __aexit__(
         self,
@@ -329,6 +337,7 @@ class App:
         """Drain (agents finish their batch and commit), then close. Idempotent."""
         runner, self._runner = self._runner, None
         try:
+            self._stopping = True
             if runner is not None and not runner.done():
                 for source in self.sources:
                     source.stopping = True
@@ -406,11 +415,3 @@ def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
     while isinstance(first, BaseExceptionGroup):
         first = first.exceptions[0]
     return first
-
-
-async def _wall_clock(tables: list[WindowedTable[Any, Any]]) -> None:
-    """Emit windows whose time passed on the wall clock, once a second."""
-    while True:
-        await asyncio.sleep(1.0)
-        for table in tables:
-            table.close_by_wall_clock()

@@ -1,0 +1,1 @@
+"""Example apps, run by ``make run`` and by the docs."""
