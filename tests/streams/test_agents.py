@@ -179,4 +179,4 @@ async def test_declarations_are_checked_and_loop_free() -> None:
         app.topic("u", key_type=float)
     async with app:
         with pytest.raises(EncodeError, match="topic 't'"):
-            await t.send("k", "not a number")  # type: ignore[arg-type]
+            await t.send("k", "not a number")

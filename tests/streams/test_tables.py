@@ -34,6 +34,7 @@ async def read_counts(url: str, name: str, topic: str) -> dict[str, int]:
     app.agents.clear()  # a reader: no agent, so no group membership
     async with app:
         table = app.tables["counts"]
+        assert isinstance(table, Table)
         await table.load()
         return dict(table.items())
 
@@ -47,6 +48,7 @@ def counting_app(log: brokers.Broker, name: str, topic: str) -> tuple[App, Table
     @app.agent(views)
     async def count(stream: EventStream) -> None:
         async for event in stream:
+            assert event.key is not None
             counts[event.key] += event.value
 
     return app, counts

@@ -78,6 +78,7 @@ async def run_windows(
     async def count(stream: EventStream) -> None:
         async for event in stream:
             table[event.key] += event.value["n"]
+            assert event.key is not None
             current.setdefault(event.key, []).append(table[event.key].current())
 
     async with app:
