@@ -83,6 +83,7 @@ class Table(Generic[K, V]):
         self._undo: list[tuple[int, K, Any, int | None]] = []
         self._touched: set[tuple[int, K]] = set()  # keys written since the savepoint
         self._partitions: int | None = None
+        self._partition_cache: dict[K, int] = {}
 
     def __repr__(self) -> str:
         return f"<Table {self.name} of {self.source.name} holding {sorted(self._data)}>"
@@ -95,10 +96,18 @@ class Table(Generic[K, V]):
 
     def partition_of(self, key: K) -> int:
         """The partition a key belongs to (the source topic's partitioner)."""
+        now = current.get()
+        if now is not None and now.event.key == key and now.topic == self.source.name:
+            return now.partition  # the usual case, table[event.key]: no hashing needed
+        cached = self._partition_cache.get(key)
+        if cached is not None:
+            return cached
         if self._partitions is None:
             raise TableError(f"table {self.name!r} is not started: use it while the app runs")
-        encoded = self._key_codec.encode(key)
-        return default_partitioner(encoded, self._partitions)
+        partition = default_partitioner(self._key_codec.encode(key), self._partitions)
+        if len(self._partition_cache) < 100_000:
+            self._partition_cache[key] = partition
+        return partition
 
     def _held(self, key: K) -> tuple[int, dict[K, V]]:
         partition = self.partition_of(key)

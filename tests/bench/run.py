@@ -10,7 +10,7 @@ import os
 import sys
 
 from brokers.testing import BACKENDS, BackendUnavailable, provide
-from tests.bench import broker
+from tests.bench import broker, pipeline
 from tests.bench._results import Row, show, write
 
 
@@ -23,6 +23,7 @@ def main() -> int:
             with provide(backend) as provided:
                 print(f"-- {backend} ({provided.source})", flush=True)
                 rows += asyncio.run(broker.bench(backend, provided.url))
+                rows += asyncio.run(pipeline.bench(backend, provided.url))
         except BackendUnavailable as exc:
             failed.append(f"{backend}: {exc}")
     show(rows)
