@@ -59,7 +59,13 @@ def test_assignment_is_a_balanced_deterministic_partition(
     assert set(owned) == eligible
     for member, got in result.items():
         assert all(tp.topic in members[member] for tp in got)
-    same_topics = [m for m, t in members.items() if t == {"t1", "t2"}]
-    if len(same_topics) == len(members):
+    if all(t == {"t1", "t2"} for t in members.values()):
+        # co-partitioned: partition p of both topics goes to one member, numbers balanced
+        for p in range(max(n1, n2)):
+            holders = {m for m, got in result.items() for tp in got if tp.partition == p}
+            assert len(holders) == 1
+        numbers = [len({tp.partition for tp in result[m]}) for m in members]
+        assert max(numbers) - min(numbers) <= 1
+    if all(t == {"t1"} for t in members.values()):
         sizes = [len(result[m]) for m in members]
         assert max(sizes) - min(sizes) <= 1

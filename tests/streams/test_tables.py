@@ -182,3 +182,65 @@ async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) 
         finally:
             proc.send_signal(signal.SIGTERM)
             await proc.wait()
+
+
+async def _worker(url: str, name: str, topic: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.streams._counting",
+        url,
+        name,
+        topic,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+async def _count_lines(proc: asyncio.subprocess.Process, into: list[int]) -> None:
+    assert proc.stdout is not None
+    while await proc.stdout.readline():
+        into[0] += 1
+
+
+@pytest.mark.backends("sqlite", "kafka", "nats")
+async def test_workers_split_partitions_and_take_over_a_killed_one(broker_url: str) -> None:
+    name, topic = unique("scale"), unique("views")
+    expected: Counter[str] = Counter()
+    feeder = build(broker_url, name, topic)
+    feeder.agents.clear()
+    async with feeder:
+        views = feeder.topics[topic]
+        a, b = await _worker(broker_url, name, topic), await _worker(broker_url, name, topic)
+        flushes_a, flushes_b = [0], [0]
+        readers = [
+            asyncio.create_task(_count_lines(a, flushes_a)),
+            asyncio.create_task(_count_lines(b, flushes_b)),
+        ]
+        try:
+            async with asyncio.timeout(90):
+                # keep sending until both workers have handled events: the partitions are split
+                while not (flushes_a[0] and flushes_b[0]):
+                    batch = [(f"user-{i % 40}", 1) for i in range(200)]
+                    await views.send_many(batch)
+                    expected.update(k for k, _ in batch)
+                    await asyncio.sleep(0.3)
+            a.send_signal(signal.SIGKILL)
+            await a.wait()
+            batch = [(f"user-{i % 40}", 2) for i in range(400)]
+            await views.send_many(batch)
+            for key, value in batch:
+                expected[key] += value
+            # the survivor takes over the killed worker's partitions, restoring their state
+            async with asyncio.timeout(120):
+                while (got := await read_counts(broker_url, name, topic)) != dict(expected):
+                    assert all(got.get(k, 0) <= v for k, v in expected.items()), "double counted"
+                    await asyncio.sleep(0.5)
+        finally:
+            for proc in (a, b):
+                if proc.returncode is None:
+                    proc.send_signal(signal.SIGTERM)
+                    await proc.wait()
+            for reader in readers:
+                reader.cancel()
