@@ -10,6 +10,11 @@ caller must do about it, not where it came from::
     │   ├── BrokerUnavailableError  (retriable) not reachable within the connect timeout
     │   ├── AuthorizationError      credentials refused or operation not permitted
     │   ├── RecordTooLargeError     one record is larger than the broker accepts
+    │   ├── LogFileError            the embedded log's file (sqlite://) cannot be used
+    │   │   ├── LogFileAccessError  the path cannot be opened for writing
+    │   │   ├── NotALogError        the file is not a neuroplex log
+    │   │   ├── LogVersionError     written by a newer neuroplex: upgrade to open it
+    │   │   └── LogCorruptedError   the file is damaged: restore it from a copy
     │   ├── TopicError
     │   │   ├── UnknownTopicError   create the topic first
     │   │   └── TopicConflictError  the topic exists with other settings
@@ -35,7 +40,12 @@ __all__ = (
     "ClosedError",
     "CommitError",
     "ConfigurationError",
+    "LogCorruptedError",
+    "LogFileAccessError",
+    "LogFileError",
+    "LogVersionError",
     "NeuroplexError",
+    "NotALogError",
     "RecordTooLargeError",
     "ResourceStateError",
     "SerializationError",
@@ -115,6 +125,68 @@ class RecordTooLargeError(BrokerError):
             f"record of {size} bytes for topic {topic!r} exceeds the limit of {limit} bytes. "
             "Split the value, store large payloads elsewhere and send a reference, or raise "
             "the broker's maximum message size and max_record_bytes in the settings."
+        )
+
+
+class LogFileError(BrokerError):
+    """The file of the embedded log (``sqlite://``) cannot be used as it is."""
+
+    def __init__(self, path: str, reason: str, advice: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"log file {path!r}: {reason}. {advice}")
+
+
+class LogFileAccessError(LogFileError):
+    """The log file cannot be opened for reading and writing.
+
+    Its folder is missing, permissions or a read-only file system forbid writing, or the disk
+    is full. Every process of a ``sqlite://`` log needs write access to the file and its folder
+    (SQLite keeps ``-wal`` and ``-shm`` files beside it).
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            path,
+            reason,
+            "Point the URL at a writable file in an existing folder, e.g. "
+            "sqlite:///var/lib/app/log.db (the folder needs write access too).",
+        )
+
+
+class NotALogError(LogFileError):
+    """The file exists but is not a neuroplex log (another SQLite database, or not SQLite)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            path,
+            reason,
+            "Check the path; neuroplex never overwrites a file it did not create.",
+        )
+
+
+class LogVersionError(LogFileError):
+    """The log was written in a newer format than this version of neuroplex can read."""
+
+    def __init__(self, path: str, found: int, supported: int) -> None:
+        self.found = found
+        self.supported = supported
+        super().__init__(
+            path,
+            f"its format version is {found}, newer than version {supported} which this "
+            "neuroplex reads",
+            "Upgrade neuroplex in this environment to open it.",
+        )
+
+
+class LogCorruptedError(LogFileError):
+    """The log file is damaged (a disk fault, or a change made outside neuroplex)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            path,
+            reason,
+            "Restore the file from a copy, or salvage it with the sqlite3 shell's .recover.",
         )
 
 

@@ -74,10 +74,21 @@ class SqliteSettings(BrokerSettings):
         poll_interval: the longest a consumer in another process waits to notice new records
             (consumers in the same process are woken at once).
         heartbeat_interval: how often a group member renews its lease.
+        synchronous: ``"full"`` (default) syncs the write-ahead log to disk before a produce
+            returns: acknowledged records survive a process kill and a power loss. ``"normal"``
+            syncs only at checkpoints: they survive a process kill, but the last transactions
+            before a power loss or OS crash may be lost (the file stays consistent).
+        maintenance_interval: how often retention, compaction and the purge of deleted topics
+            run in the background (in small steps between produce batches).
+        integrity_check: run SQLite's ``quick_check`` over the whole file when opening it
+            (time grows with the file's size); damage is otherwise reported when first read.
     """
 
     poll_interval: float = Field(default=0.05, gt=0)
     heartbeat_interval: float = Field(default=1.0, gt=0)
+    synchronous: Literal["full", "normal"] = "full"
+    maintenance_interval: float = Field(default=1.0, gt=0)
+    integrity_check: bool = False
 
 
 class KafkaSettings(BrokerSettings):
