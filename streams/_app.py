@@ -16,7 +16,7 @@ from brokers import Broker, ProducerRecord, Record, ResourceStateError, TopicSpe
 from streams._agent import Agent, ErrorPolicy
 from streams._errors import DeclarationError
 from streams._event import Event
-from streams._stream import Source
+from streams._stream import ORIGIN_HEADER, EventStream, Source
 from streams._table import RestoreProgress, Table
 from streams._topic import DEAD_LETTER_SUFFIX, Topic
 from streams._windowed import ClosedWindow, WindowedTable
@@ -178,6 +178,56 @@ class App:
             return fn
 
         return declare
+
+    def group_by(
+        self,
+        topic: Topic[Any, Any],
+        key: Callable[[Event[Any, Any]], Any],
+        *,
+        name: str,
+        partitions: int | None = None,
+        key_type: Any = str,
+    ) -> Topic[Any, Any]:
+        """Re-key ``topic`` through the internal topic ``<app>.<name>.repartition``.
+
+        An internal agent forwards every event with ``key(event)`` as its key (same value), so
+        tables and agents of the returned topic see each new key on one partition. Forwarded
+        records carry their upstream position (``x-origin``), and tables keep the highest
+        upstream position applied per key, so a forward repeated after a crash is not counted
+        twice: state stays exactly-once across the repartition.
+
+        Example:
+            >>> by_user = app.group_by(views, lambda e: e.value.user, name="by_user")
+            >>> totals = app.table("totals", source=by_user, default=int)
+        """
+        if topic.app is not self:
+            raise DeclarationError(f"{topic!r} belongs to another app: declare it on {self!r}")
+        target = self.topic(
+            f"{self.name}.{name}.repartition",
+            key_type=key_type,
+            value_type=topic.value_type,
+            partitions=partitions,
+        )
+        target.repartition = True
+        target.internal = True
+
+        async def forward(stream: EventStream) -> None:
+            async for chunk in stream.take(1000, within=0.05):
+                await self.broker.produce_batch(
+                    target.name,
+                    [
+                        ProducerRecord(
+                            target.encode_value(e.value),
+                            target.encode_key(key(e)),
+                            None,
+                            (*e.headers, (ORIGIN_HEADER, f"{e.partition}:{e.offset}".encode())),
+                        )
+                        for e in chunk
+                    ],
+                )
+
+        self.agent(topic, name=f"_group_by_{name}")(forward)
+        return target
 
     def table(
         self,

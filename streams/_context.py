@@ -23,6 +23,7 @@ class Current:
     offset: int
     timestamp: int
     event: Event[Any, Any]
+    origin: tuple[int, int] | None = None  # (partition, offset) upstream of a repartition
 
 
 current: ContextVar[Current | None] = ContextVar("neuroplex_current_event", default=None)

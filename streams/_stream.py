@@ -99,9 +99,16 @@ class Source:
                 self.current = i
                 if savepoint:
                     self.savepoint(i)
+                origin = _origin(record) if self.topic.repartition else None
                 _current.set(
                     Current(
-                        self, record.topic, record.partition, record.offset, record.timestamp, event
+                        self,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.timestamp,
+                        event,
+                        origin,
                     )
                 )
                 return event
@@ -169,6 +176,18 @@ class Source:
         self.current = None
 
 
+ORIGIN_HEADER = "x-origin"
+"""On a repartition topic: ``<partition>:<offset>`` of the record it was forwarded from."""
+
+
+def _origin(record: Record) -> tuple[int, int] | None:
+    for name, value in record.headers:
+        if name == ORIGIN_HEADER:
+            partition, _, offset = value.decode().partition(":")
+            return int(partition), int(offset)
+    return None
+
+
 class Stream(Generic[T]):
     """An async iterable of items (events at the source) with pipeable operations.
 
@@ -220,6 +239,23 @@ class Stream(Generic[T]):
             async for item in self:
                 yield n, item
                 n += 1
+
+        return self._derive(items)
+
+    def through(self, topic: Topic[Any, Any]) -> Stream[T]:
+        """Send each event's key and value to ``topic`` too, and pass the event on.
+
+        For a stream of events; other agents of ``topic`` then see them (at least once).
+        """
+
+        async def items() -> AsyncIterator[T]:
+            async for item in self:
+                if not isinstance(item, Event):
+                    from streams._errors import DeclarationError
+
+                    raise DeclarationError("through() forwards events: use it before map()")
+                await topic.send(item.key, item.value, headers=item.headers)
+                yield item
 
         return self._derive(items)
 

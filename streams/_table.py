@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from brokers import ConfigurationError, ProducerRecord, TopicPartition, default_partitioner
+from brokers import ConfigurationError, ProducerRecord, TopicPartition, default_partitioner, json
 from streams._codec import Codec, codec_for
 from streams._context import current
 
@@ -34,6 +34,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 SOURCE_HEADER = "x-source-next"
+ORIGINS_HEADER = "x-origin-next"  # JSON {upstream partition: next offset} behind a repartition
 _MISSING: Any = object()
 
 RestoreProgress = Callable[["Table[Any, Any]", int, int, int], None]
@@ -80,7 +81,8 @@ class Table(Generic[K, V]):
         self._data: dict[int, dict[K, V]] = {}
         self._positions: dict[int, dict[K, int]] = {}
         self._dirty: dict[int, dict[K, int]] = {}
-        self._undo: list[tuple[int, K, Any, int | None]] = []
+        self._origins: dict[int, dict[K, dict[int, int]]] = {}
+        self._undo: list[tuple[int, K, Any, int | None, dict[int, int] | None]] = []
         self._touched: set[tuple[int, K]] = set()  # keys written since the savepoint
         self._partitions: int | None = None
         self._partition_cache: dict[K, int] = {}
@@ -179,10 +181,19 @@ class Table(Generic[K, V]):
             )
         positions = self._positions[partition]
         done = positions.get(key)
-        if done is not None and now.offset < done and (partition, key) not in self._touched:
+        first_touch = (partition, key) not in self._touched
+        if done is not None and now.offset < done and first_touch:
             return  # an event seen again after a restart: the value already holds it
+        origins = self._origins[partition].get(key)
+        if now.origin is not None and first_touch and origins is not None:
+            upstream, offset = now.origin
+            if offset < origins.get(upstream, 0):
+                return  # forwarded twice (the forwarder crashed before committing): seen
         self._touched.add((partition, key))
-        self._undo.append((partition, key, data.get(key, _MISSING), done))
+        self._undo.append((partition, key, data.get(key, _MISSING), done, origins))
+        if now.origin is not None:
+            upstream, offset = now.origin
+            self._origins[partition][key] = {**(origins or {}), upstream: offset + 1}
         if value is _MISSING:
             data.pop(key, None)
         else:
@@ -196,8 +207,12 @@ class Table(Generic[K, V]):
         self._touched.clear()
 
     def rollback(self) -> None:
-        for partition, key, old, old_position in reversed(self._undo):
+        for partition, key, old, old_position, old_origins in reversed(self._undo):
             data, positions = self._data[partition], self._positions[partition]
+            if old_origins is None:
+                self._origins[partition].pop(key, None)
+            else:
+                self._origins[partition][key] = old_origins
             if old is _MISSING:
                 data.pop(key, None)
             else:
@@ -220,14 +235,18 @@ class Table(Generic[K, V]):
             if data is None:
                 continue  # revoked meanwhile: the new owner replays these events
             records = []
+            origins = self._origins[partition]
             for key, position in keys.items():
                 value = data.get(key, _MISSING)
+                headers: tuple[tuple[str, bytes], ...] = ((SOURCE_HEADER, str(position).encode()),)
+                if key in origins:
+                    headers += ((ORIGINS_HEADER, json.dumps(origins[key])),)
                 records.append(
                     ProducerRecord(
                         None if value is _MISSING else self._value_codec.encode(value),
                         self._key_codec.encode(key),
                         partition,
-                        ((SOURCE_HEADER, str(position).encode()),),
+                        headers,
                     )
                 )
             await self.app.broker.produce_batch(self.changelog.name, records)
@@ -247,6 +266,7 @@ class Table(Generic[K, V]):
             if tp.topic == self.source.name:
                 self._data.pop(tp.partition, None)
                 self._positions.pop(tp.partition, None)
+                self._origins.pop(tp.partition, None)
                 self._dirty.pop(tp.partition, None)
 
     async def load(self, partitions: Iterable[int] | None = None) -> None:
@@ -268,6 +288,7 @@ class Table(Generic[K, V]):
         begin = (await broker.beginning_offsets(name))[partition]
         data: dict[K, V] = {}
         positions: dict[K, int] = {}
+        origins: dict[K, dict[int, int]] = {}
         read = 0
         tp = TopicPartition(name, partition)
         if end > begin:
@@ -278,10 +299,12 @@ class Table(Generic[K, V]):
                         if record.key is None:
                             continue
                         key = self._key_codec.decode(record.key)
-                        position = _source_position(record.headers)
+                        position, upstream = _positions_in(record.headers)
                         if positions.get(key, -1) > position:
                             continue
                         positions[key] = position
+                        if upstream is not None:
+                            origins[key] = upstream
                         if record.value is None:
                             data.pop(key, None)
                         else:
@@ -290,6 +313,7 @@ class Table(Generic[K, V]):
                         self.on_restore(self, partition, read, max(read, end - begin))
         self._data[partition] = data
         self._positions[partition] = positions
+        self._origins[partition] = origins
         log.info(
             "table %s: partition %d restored, %d keys from %d records",
             self.name,
@@ -299,8 +323,12 @@ class Table(Generic[K, V]):
         )
 
 
-def _source_position(headers: tuple[tuple[str, bytes], ...]) -> int:
+def _positions_in(headers: tuple[tuple[str, bytes], ...]) -> tuple[int, dict[int, int] | None]:
+    """The source position and, behind a repartition, the upstream positions of a record."""
+    position, upstream = -1, None
     for name, value in headers:
         if name == SOURCE_HEADER:
-            return int(value)
-    return -1
+            position = int(value)
+        elif name == ORIGINS_HEADER:
+            upstream = {int(p): int(o) for p, o in json.loads(value).items()}
+    return position, upstream

@@ -41,6 +41,7 @@ class Topic(Generic[K, V]):
         compacted: bool = False,
         retention_ms: int | None = None,
         internal: bool = False,
+        repartition: bool = False,
     ) -> None:
         self.app = app
         self.name = name
@@ -52,6 +53,7 @@ class Topic(Generic[K, V]):
         self.compacted = compacted
         self.retention_ms = retention_ms
         self.internal = internal
+        self.repartition = repartition  # records carry their upstream position (group_by)
         TopicSpec(name, partitions=partitions or 1)  # validates the name now, not at start
 
     def __repr__(self) -> str:
