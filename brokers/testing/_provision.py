@@ -82,6 +82,9 @@ def _docker_answers() -> bool:
     """True when a Docker engine answers within a second (never on the CI machines here)."""
     if os.environ.get("NEUROPLEX_NO_DOCKER"):
         return False
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        # no engine; and docker-py leaks its socket (a ResourceWarning) when it finds none
+        return False
     try:
         import docker  # type: ignore[import-untyped]  # only with testcontainers installed
     except ImportError:
