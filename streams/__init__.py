@@ -15,6 +15,7 @@ from streams._app import App
 from streams._codec import BytesCodec, Codec, JsonCodec, StrCodec
 from streams._errors import DeclarationError, DecodeError, EncodeError
 from streams._event import Event
+from streams._global import GlobalTable
 from streams._stream import EventStream, Stream
 from streams._table import RestoreProgress, Table, TableError
 from streams._topic import DEAD_LETTER_SUFFIX, Topic
@@ -35,6 +36,7 @@ __all__ = (
     "ErrorPolicy",
     "Event",
     "EventStream",
+    "GlobalTable",
     "Hopping",
     "JsonCodec",
     "RestoreProgress",

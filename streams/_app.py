@@ -12,10 +12,12 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import brokers
+import brokers.json
 from brokers import Broker, ProducerRecord, Record, ResourceStateError, TopicSpec
 from streams._agent import Agent, ErrorPolicy
 from streams._errors import DeclarationError
 from streams._event import Event
+from streams._global import GlobalTable
 from streams._stream import ORIGIN_HEADER, EventStream, Source
 from streams._table import RestoreProgress, Table
 from streams._topic import DEAD_LETTER_SUFFIX, Topic
@@ -77,13 +79,14 @@ class App:
         self.topics: dict[str, Topic[Any, Any]] = {}
         self.agents: dict[str, Agent[Any, Any]] = {}
         self.tables: dict[str, Table[Any, Any] | WindowedTable[Any, Any]] = {}
+        self.global_tables: dict[str, GlobalTable[Any, Any]] = {}
         self.sources: set[Source] = set()
         self._broker: Broker | None = None
         self._owns_broker = False
         self._runner: asyncio.Task[None] | None = None
         self._started = False
         self._failure_seen = False
-        self._stopping = False
+        self._stop_requested_event: asyncio.Event | None = None
 
     def __repr__(self) -> str:
         return f"<App {self.name} topics={len(self.topics)} agents={len(self.agents)}>"
@@ -266,6 +269,108 @@ class App:
         self.tables[name] = table
         return table
 
+    def join_windowed(
+        self,
+        left: Topic[Any, Any],
+        right: Topic[Any, Any],
+        *,
+        within: float,
+        name: str,
+        grace: float = 0.0,
+        time_of: Callable[[Event[Any, Any]], int] | None = None,
+    ) -> Topic[Any, Any]:
+        """Join two streams by key: every left and right event less than ``within`` apart.
+
+        Both sides are forwarded to the internal topic ``<app>.<name>.join`` keyed alike (so a
+        key's events meet on one partition, whatever the sides' partitioning); an internal agent
+        keeps each key's recent events of both sides in a table (exactly-once state) and sends
+        each new pair, as ``{"left": ..., "right": ..., "key": ...}``, to the returned topic
+        ``<app>.<name>.joined`` (at least once). Events older than ``within`` + ``grace`` behind
+        the partition's stream time are dropped from the state.
+
+        Args:
+            left: one stream.
+            right: the other stream, with keys of the same meaning.
+            within: the largest time between two events that pair up, seconds.
+            name: names the internal topics and table.
+            grace: how late (behind stream time) an event may come and still pair.
+            time_of: event time in ms (default: the record's log time).
+        """
+        within_ms, grace_ms = round(within * 1000), round(grace * 1000)
+        if within_ms <= 0 or grace_ms < 0:
+            raise DeclarationError("join_windowed needs within > 0 and grace >= 0")
+        meet = self.topic(f"{self.name}.{name}.join", value_type=dict[str, Any])
+        meet.repartition = True
+        meet.internal = True
+        out = self.topic(f"{self.name}.{name}.joined", value_type=dict[str, Any])
+        buffer = self.table(f"{name}_join", source=meet, value_type=dict[str, Any])
+
+        def forwarder(side: str, topic: Topic[Any, Any]) -> None:
+            # upstream positions of the two sides must not collide in the origin map
+            def tag(partition: int) -> int:
+                return partition if side == "left" else -partition - 1
+
+            async def forward(stream: EventStream) -> None:
+                async for chunk in stream.take(1000, within=0.05):
+                    records = []
+                    for e in chunk:
+                        at = e.timestamp if time_of is None else int(time_of(e))
+                        encoded = topic.encode_value(e.value)
+                        value = None if encoded is None else brokers.json.loads(encoded)
+                        records.append(
+                            ProducerRecord(
+                                brokers.json.dumps({"side": side, "at": at, "value": value}),
+                                meet.encode_key(e.key),
+                                None,
+                                ((ORIGIN_HEADER, f"{tag(e.partition)}:{e.offset}".encode()),),
+                            )
+                        )
+                    await self.broker.produce_batch(meet.name, records)
+
+            self.agent(topic, name=f"_join_{name}_{side}")(forward)
+
+        forwarder("left", left)
+        forwarder("right", right)
+
+        async def pair(stream: EventStream) -> None:
+            stream_time: dict[int, int] = {}
+            async for event in stream:
+                side, at = event.value["side"], event.value["at"]
+                horizon = max(stream_time.get(event.partition, at), at)
+                stream_time[event.partition] = horizon
+                if at < horizon - within_ms - grace_ms:
+                    continue  # too late to pair
+                state = buffer.get(event.key) or {"left": [], "right": []}
+                other = "right" if side == "left" else "left"
+                fresh = buffer.will_apply(event.key)
+                pairs = [
+                    {"key": event.key, side: event.value["value"], other: value}
+                    for t, value in state[other]
+                    if abs(t - at) < within_ms
+                ]
+                keep = horizon - within_ms - grace_ms
+                buffer[event.key] = {
+                    side: [*(x for x in state[side] if x[0] >= keep), [at, event.value["value"]]],
+                    other: [x for x in state[other] if x[0] >= keep],
+                }
+                if fresh and pairs:
+                    await out.send_many((event.key, p) for p in pairs)
+
+        self.agent(meet, name=f"_join_{name}")(pair)
+        return out
+
+    def global_table(self, name: str, *, topic: Topic[Any, Any]) -> GlobalTable[Any, Any]:
+        """Declare a copy of ``topic``'s latest value per key on every worker.
+
+        The right side of stream-table joins (``stream.join(users)``): any worker can look any
+        key up. Use a table's ``changelog`` to replicate that table everywhere.
+        """
+        if name in self.global_tables or name in self.tables:
+            raise DeclarationError(f"a table named {name!r} is already declared")
+        table: GlobalTable[Any, Any] = GlobalTable(self, name, topic=topic)
+        self.global_tables[name] = table
+        return table
+
     def windowed_table(
         self,
         name: str,
@@ -349,7 +454,8 @@ class App:
         except BaseException:
             await self._close_broker()
             raise
-        if self.agents:
+        self._stop_requested_event = asyncio.Event()
+        if self.agents or self.global_tables:
             self._runner = asyncio.create_task(self._run_agents(), name=f"app {self.name}")
         return self
 
@@ -358,6 +464,10 @@ class App:
             async with asyncio.TaskGroup() as tasks:
                 for agent in self.agents.values():
                     tasks.create_task(agent.run(), name=f"agent {agent.name}")
+                followers = [
+                    tasks.create_task(g.follow(), name=f"global table {g.name}")
+                    for g in self.global_tables.values()
+                ]
                 clocked = [
                     t
                     for t in self.tables.values()
@@ -365,13 +475,29 @@ class App:
                 ]
                 if clocked:
                     tasks.create_task(self._wall_clock(clocked), name="wall-clock windows")
+                if followers:
+                    tasks.create_task(self._stop_followers(followers), name="followers")
         except BaseExceptionGroup as group:
             raise _first_leaf(group) from None
 
+    @property
+    def _stop_requested(self) -> asyncio.Event:
+        if self._stop_requested_event is None:
+            raise ResourceStateError(f"app {self.name!r} is not started")
+        return self._stop_requested_event
+
+    async def _stop_followers(self, followers: list[asyncio.Task[None]]) -> None:
+        """Global tables follow their topic until the app stops."""
+        await self._stop_requested.wait()
+        for follower in followers:
+            follower.cancel()
+
     async def _wall_clock(self, tables: list[WindowedTable[Any, Any]]) -> None:
         """Emit windows whose time passed on the wall clock, once a second, until stopping."""
-        while not self._stopping:
-            await asyncio.sleep(min(1.0, self.drain_timeout / 4))
+        while not self._stop_requested.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._stop_requested.wait()
             for table in tables:
                 table.close_by_wall_clock()
 
@@ -387,7 +513,8 @@ class App:
         """Drain (agents finish their batch and commit), then close. Idempotent."""
         runner, self._runner = self._runner, None
         try:
-            self._stopping = True
+            if self._stop_requested_event is not None:
+                self._stop_requested_event.set()
             if runner is not None and not runner.done():
                 for source in self.sources:
                     source.stopping = True

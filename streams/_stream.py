@@ -20,12 +20,14 @@ from streams._errors import DecodeError
 from streams._event import Event
 
 if TYPE_CHECKING:
+    from streams._global import GlobalTable
     from streams._topic import Topic
 
 __all__ = ("BatchParticipant", "Stream")
 
 T = TypeVar("T")
 U = TypeVar("U")
+W = TypeVar("W")
 
 _IDLE_WAKE = 0.5
 
@@ -256,6 +258,24 @@ class Stream(Generic[T]):
                     raise DeclarationError("through() forwards events: use it before map()")
                 await topic.send(item.key, item.value, headers=item.headers)
                 yield item
+
+        return self._derive(items)
+
+    def join(self, table: GlobalTable[Any, W]) -> Stream[tuple[T, W | None]]:
+        """Each event with the value ``table`` holds for its key (``None`` when absent).
+
+        The table is a :class:`GlobalTable`, so the join works whatever partition the event is
+        from. It reads the copy as it is when the event is handled (it lags the log a little;
+        ``await table.catch_up()`` first for a strong read).
+        """
+
+        async def items() -> AsyncIterator[tuple[T, W | None]]:
+            async for item in self:
+                if not isinstance(item, Event):
+                    from streams._errors import DeclarationError
+
+                    raise DeclarationError("join() looks events up by key: use it before map()")
+                yield item, table.get(item.key)
 
         return self._derive(items)
 

@@ -165,6 +165,26 @@ class Table(Generic[K, V]):
     def __delitem__(self, key: K) -> None:
         self._write(key, _MISSING)
 
+    def will_apply(self, key: K) -> bool:
+        """Whether a write to ``key`` now would apply: ``False`` for an event seen again.
+
+        For side effects that must follow the state exactly (send only what is new).
+        """
+        now = current.get()
+        if now is None:
+            return False
+        partition = self.partition_of(key)
+        if (partition, key) in self._touched:
+            return True
+        done = self._positions.get(partition, {}).get(key)
+        if done is not None and now.offset < done:
+            return False
+        origins = self._origins.get(partition, {}).get(key)
+        if now.origin is not None and origins is not None:
+            upstream, offset = now.origin
+            return offset >= origins.get(upstream, 0)
+        return True
+
     def _write(self, key: K, value: Any) -> None:
         now = current.get()
         if now is None or now.topic != self.source.name:
