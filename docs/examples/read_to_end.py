@@ -1,0 +1,57 @@
+"""Bounded reading: everything a topic held when we looked, while writers keep going.
+
+Run: python docs/examples/read_to_end.py   (NEUROPLEX_BROKER=... for another log)
+"""
+
+import asyncio
+import os
+
+import brokers
+from brokers import ProducerRecord, Record, TopicPartition, TopicSpec
+
+URL = os.environ.get("NEUROPLEX_BROKER", "memory://")
+TOPIC = "readings"
+
+
+async def read_to_end(log: brokers.Broker, topic: str) -> list[Record]:
+    """Every record the topic held when called: the basis of a strong (linearizable) read."""
+    ends = await log.end_offsets(topic)  # per partition: one past the offset of its last record
+    begins = await log.beginning_offsets(topic)  # per partition: the first record still held
+    todo = {p for p, end in ends.items() if end > begins[p]}  # skip empty partitions
+    records: list[Record] = []
+    if not todo:
+        return records
+    # max_batch bounds one getmany; max_buffer bounds what is fetched ahead of us
+    async with log.subscribe(topic, partitions=sorted(todo), max_batch=500, max_buffer=2000) as sub:
+        while todo:
+            batch = await sub.getmany(timeout=1.0)
+            # records past the ends were written after we looked: not part of this read
+            records += [r for r in batch if r.offset < ends[r.partition]]
+            # offsets may skip numbers (NATS), so compare positions with the ends, never count
+            todo = {p for p in todo if (sub.position(TopicPartition(topic, p)) or 0) < ends[p]}
+    return records
+
+
+async def writer(log: brokers.Broker, count: int) -> None:
+    for i in range(count):
+        await log.produce(TOPIC, f"late-{i}".encode())
+
+
+async def main() -> None:
+    async with brokers.connect(URL) as log:
+        await log.create_topic(TopicSpec(TOPIC, partitions=3))
+        readings = [
+            ProducerRecord(f"{i}".encode(), key=f"sensor-{i % 7}".encode()) for i in range(10_000)
+        ]
+        await log.produce_batch(TOPIC, readings)
+
+        async with asyncio.TaskGroup() as tasks:
+            reading = tasks.create_task(read_to_end(log, TOPIC))
+            tasks.create_task(writer(log, 500))  # keeps appending while we read
+        records = reading.result()
+        print(f"read {len(records)} readings: exactly what the log held when we looked")
+        assert all(not (r.value or b"").startswith(b"late-") for r in records)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
