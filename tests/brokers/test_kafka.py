@@ -134,6 +134,23 @@ async def test_positions_carry_the_records_timestamps(broker: brokers.Broker) ->
 
 
 @kafka
+async def test_positions_of_built_batches_and_single_sends(broker: brokers.Broker) -> None:
+    """Many records for a partition go as several built batches, a few through send()."""
+    name = unique("paths")
+    await broker.create_topic(TopicSpec(name, partitions=3))
+    records = [ProducerRecord(b"%05d" % i + b"x" * 200, partition=0) for i in range(2000)]
+    records += [ProducerRecord(b"few%d" % i, partition=1) for i in range(3)]
+    records += [ProducerRecord(b"w%d" % i, key=b"k", partition=2) for i in range(20)]
+    positions = await broker.produce_batch(name, records)
+    assert [p.offset for p in positions[:2000]] == list(range(2000))
+    assert [p.partition for p in positions] == [r.partition for r in records]
+    async with broker.subscribe(name) as sub:
+        got = await consume(sub, len(records))
+    by_position = {(r.partition, r.offset): r.value for r in got}
+    assert [by_position[(p.partition, p.offset)] for p in positions] == [r.value for r in records]
+
+
+@kafka
 async def test_a_record_with_neither_key_nor_value(broker: brokers.Broker) -> None:
     """The protocol allows it (aiokafka's send() does not): it goes through like any record."""
     name = unique("nothing")
@@ -258,6 +275,31 @@ async def test_on_revoked_can_still_commit(broker: brokers.Broker) -> None:
             assert revoked[0] == {TopicPartition(name, 0), TopicPartition(name, 1)}
             for p in (0, 1):
                 assert await second.committed(TopicPartition(name, p)) == 10
+
+
+@kafka
+async def test_an_assignment_callback_error_reaches_getmany(broker: brokers.Broker) -> None:
+    name, group = unique("boom"), unique("g")
+    await broker.create_topic(TopicSpec(name, partitions=1))
+
+    async def boom(tps: frozenset[TopicPartition]) -> None:
+        raise RuntimeError("callback failed")
+
+    async with broker.subscribe(
+        name, group=group, session_timeout=SESSION_TIMEOUT, on_assigned=boom
+    ) as sub:
+
+        async def read_until_it_fails() -> None:
+            async with asyncio.timeout(30):
+                while True:
+                    await sub.getmany(timeout=0.5)
+
+        with pytest.raises(RuntimeError, match="callback failed"):
+            await read_until_it_fails()
+        assert sub.assignment == {TopicPartition(name, 0)}
+        await broker.produce(name, b"after")
+        (record,) = await consume(sub, 1)
+        assert record.value == b"after"
 
 
 # ---------------------------------------------------------------- connecting
