@@ -10,7 +10,7 @@ fails inside a batch, participants roll back to the batch start and the batch is
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from brokers import Record, Subscription, TopicPartition
@@ -293,10 +293,31 @@ def source_stream(source: Source) -> EventStream:
     return EventStream(items, source)
 
 
+class Chunk(list[Event[Any, Any]]):
+    """A list of events from ``take``; iterating it makes each event the current one.
+
+    So state changed while looping over a chunk (``table[e.key] += 1``) is attributed to the
+    right event's partition and position.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._contexts: list[Current | None] = []
+
+    def add(self, event: Event[Any, Any]) -> None:
+        self.append(event)
+        self._contexts.append(_current.get())
+
+    def __iter__(self) -> Iterator[Event[Any, Any]]:
+        for event, context in zip(super().__iter__(), self._contexts, strict=True):
+            _current.set(context)
+            yield event
+
+
 class EventStream(Stream[Event[Any, Any]]):
     """The stream an agent receives: events, plus operations that need the source's clock."""
 
-    def take(self, n: int, *, within: float) -> Stream[list[Event[Any, Any]]]:
+    def take(self, n: int, *, within: float) -> Stream[Chunk]:
         """Lists of up to ``n`` events, each given at most ``within`` seconds to fill.
 
         A list never spans two fetched batches (it is handed over when the batch runs out), so
@@ -308,10 +329,10 @@ class EventStream(Stream[Event[Any, Any]]):
             raise DeclarationError(f"take needs n >= 1 and within > 0, got n={n}, within={within}")
         source = self._source
 
-        async def items() -> AsyncIterator[list[Event[Any, Any]]]:
+        async def items() -> AsyncIterator[Chunk]:
             loop = asyncio.get_running_loop()
             while True:
-                chunk: list[Event[Any, Any]] = []
+                chunk = Chunk()
                 deadline = loop.time() + within
                 source.savepoint()
                 while len(chunk) < n:
@@ -321,7 +342,7 @@ class EventStream(Stream[Event[Any, Any]]):
                     event = await source.next(timeout=remaining, savepoint=False)
                     if event is None:
                         break
-                    chunk.append(event)
+                    chunk.add(event)
                     if source.batch_exhausted():
                         break
                 if chunk:

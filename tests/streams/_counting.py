@@ -20,7 +20,7 @@ def build(url: str, name: str, topic_name: str, *, session_timeout: float = 3.0)
 
     @app.agent(views)
     async def count(stream: EventStream) -> None:
-        async for chunk in stream.take(200, within=0.2):
+        async for chunk in stream.take(50, within=0.2):
             for event in chunk:
                 counts[event.key] += event.value
             print("flushed", flush=True)
