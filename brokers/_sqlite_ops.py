@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from brokers import json
-from brokers._base import record_size
 from brokers._errors import (
     ConfigurationError,
     NeuroplexError,
@@ -114,7 +113,7 @@ def append(
     """
     now = txn.now_ms
     topics: dict[str, _Topic | None] = {}
-    ends: dict[tuple[int, int], int] = {}
+    ends: dict[tuple[int, int], int] = {}  # (tid, part) -> next offset
     added: dict[tuple[int, int], list[int]] = {}  # (tid, part) -> [count, bytes]
     rows: list[tuple[object, ...]] = []
     latest: dict[tuple[int, int], dict[bytes, tuple[int, bool]]] = {}
@@ -128,7 +127,8 @@ def append(
             results.append(UnknownTopicError(name))
             continue
         tid, partitions = topic.tid, topic.spec.partitions
-        bad = sorted({p for r in job.records if not 0 <= (p := r.partition or 0) < partitions})
+        parts = {r.partition for r in job.records}
+        bad = sorted(-1 if p is None else p for p in parts if p is None or not 0 <= p < partitions)
         if bad:
             results.append(
                 ConfigurationError(
@@ -137,24 +137,41 @@ def append(
                 )
             )
             continue
+        # the hot loop: per partition, offsets and sizes in local dicts keyed by int
+        next_off: dict[int, int] = {}
+        size_of: dict[int, int] = {}
+        for p in parts:
+            assert p is not None
+            next_off[p] = ends[(tid, p)] if (tid, p) in ends else _next_offset(conn, tid, p)
+            size_of[p] = 0
+        first = dict(next_off)
         positions: list[Position] = []
+        add_row, add_position = rows.append, positions.append
         for rec in job.records:
-            part = rec.partition or 0
-            slot = (tid, part)
-            off = ends.get(slot)
-            if off is None:
-                off = _next_offset(conn, tid, part)
-                added[slot] = [0, 0]
-            ends[slot] = off + 1
-            size = record_size(rec)
-            counters = added[slot]
-            counters[0] += 1
-            counters[1] += size
-            key = rec.key
-            rows.append((tid, part, off, now, key, rec.value, encode_headers(rec.headers), size))
-            if topic.spec.compacted and key is not None:
-                latest.setdefault(slot, {})[key] = (off, rec.value is None)
-            positions.append(Position(name, part, off, now))
+            part = rec.partition
+            assert part is not None
+            off = next_off[part]
+            next_off[part] = off + 1
+            key, value, headers = rec.key, rec.value, rec.headers
+            size = (0 if key is None else len(key)) + (0 if value is None else len(value))
+            if headers:
+                size += sum(len(n) + len(v) for n, v in headers)
+                add_row((tid, part, off, now, key, value, encode_headers(headers), size))
+            else:
+                add_row((tid, part, off, now, key, value, None, size))
+            size_of[part] += size
+            add_position(Position(name, part, off, now))
+        if topic.spec.compacted:
+            for pos, rec in zip(positions, job.records, strict=True):
+                if rec.key is not None:
+                    newest = latest.setdefault((tid, pos.partition), {})
+                    newest[rec.key] = (pos.offset, rec.value is None)
+        for p, end in next_off.items():
+            slot = (tid, p)
+            counters = added.setdefault(slot, [0, 0])
+            counters[0] += end - first[p]
+            counters[1] += size_of[p]
+            ends[slot] = end
         results.append(positions)
     if not rows:
         return results

@@ -276,7 +276,7 @@ def translate_error(exc: sqlite3.Error, path: str) -> BrokerError:
     primary = code & 0xFF if isinstance(code, int) else None
     reason = str(exc)
     if primary == _NOTADB:
-        return NotALogError(path, f"SQLite says: {reason}")
+        return NotALogError(path, f"it is not a SQLite database (SQLite says: {reason})")
     if primary == _CORRUPT or "malformed" in reason:
         return LogCorruptedError(path, f"SQLite says: {reason}")
     if primary in _ACCESS:
