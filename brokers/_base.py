@@ -448,6 +448,12 @@ class BaseSubscription(ABC):
         if limit < 1:
             raise ConfigurationError(f"max_records must be at least 1, got {max_records}")
         chunks = await self._fetch(timeout, min(limit, self._options.max_batch))
+        assignment = self._assignment
+        if any(TopicPartition(c[0].topic, c[0].partition) not in assignment for c in chunks):
+            # fetched before a rebalance took the partition away: its new owner reads it
+            chunks = [c for c in chunks if TopicPartition(c[0].topic, c[0].partition) in assignment]
+        if not chunks:
+            return []
         if len(chunks) == 1:
             chunk = chunks[0]
             last = chunk[-1]
