@@ -61,27 +61,33 @@ def retain(
         ).fetchone()
         if first is None or first[0] >= horizon:
             return 0
-    rows = conn.execute(
+    # walk the oldest records only as far as needed (the cursor reads them one by one)
+    doomed: list[tuple[int, bytes | None]] = []
+    freed = 0
+    cursor = conn.execute(
         "SELECT off, ts, size, key FROM records WHERE tid = ? AND part = ? ORDER BY off LIMIT ?",
         (tid, part, budget),
-    ).fetchall()
-    dropped = freed = 0
-    for _off, ts, size, _key in rows:
-        if freed < excess or (horizon is not None and ts < horizon):
-            freed += size
-            dropped += 1
-        else:
-            break
+    )
+    try:
+        for off, ts, size, key in cursor:
+            if freed < excess or (horizon is not None and ts < horizon):
+                freed += size
+                doomed.append((off, key))
+            else:
+                break
+    finally:
+        cursor.close()
+    dropped = len(doomed)
     if dropped == 0:
         return 0
-    cut = rows[dropped - 1][0] + 1
+    cut = doomed[-1][0] + 1
     conn.execute("DELETE FROM records WHERE tid = ? AND part = ? AND off < ?", (tid, part, cut))
     keys_gone = 0
     if compacted:
         before = conn.total_changes
         conn.executemany(
             "DELETE FROM latest WHERE tid = ? AND part = ? AND key = ? AND off = ?",
-            [(tid, part, key, off) for off, _ts, _size, key in rows[:dropped] if key is not None],
+            [(tid, part, key, off) for off, key in doomed if key is not None],
         )
         keys_gone = conn.total_changes - before
     conn.execute(

@@ -27,6 +27,7 @@ from pathlib import Path
 from brokers._errors import (
     BrokerError,
     BrokerUnavailableError,
+    ConfigurationError,
     LogCorruptedError,
     LogFileAccessError,
     LogFileError,
@@ -153,6 +154,8 @@ MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {0: _create_v1, 1:
 FORMAT_VERSION = max(MIGRATIONS) + 1
 """The format version this code writes (and the newest it reads)."""
 
+_MIN_SQLITE = (3, 35, 0)
+
 _TABLES = frozenset(
     {"topics", "partitions", "records", "dropped", "groups", "members", "offsets", "latest"}
 )
@@ -227,6 +230,11 @@ def prepare_file(path: str, settings: SqliteSettings) -> None:
         LogVersionError: the file was written by a newer neuroplex.
         LogCorruptedError: the file is damaged.
     """
+    if sqlite3.sqlite_version_info < _MIN_SQLITE:
+        raise ConfigurationError(
+            f"sqlite:// needs SQLite {'.'.join(map(str, _MIN_SQLITE))} or newer (for RETURNING); "
+            f"this Python's sqlite3 module uses {sqlite3.sqlite_version}"
+        )
     folder = Path(path).parent
     if not folder.is_dir():
         raise LogFileAccessError(path, f"the folder {str(folder)!r} does not exist")

@@ -202,10 +202,11 @@ class Writer:
             error.__cause__ = exc
             self._deliver([(job.future, None, error) for job in batch], None)
             return
-        except BaseException as exc:
+        except Exception as exc:  # noqa: BLE001  # not swallowed: every caller in the batch gets it
+            # a bug in one job must not stop the writer: undo the batch, tell everyone in it
             self._rollback()
             self._deliver([(job.future, None, exc) for job in batch], None)
-            raise
+            return
         self._deliver(outcomes, txn)
         self._wrote(txn.written + 64 * len(batch))
 
@@ -245,6 +246,10 @@ class Writer:
         except sqlite3.Error as exc:
             self._rollback()
             _log.warning("log upkeep of %s failed, will retry: %s", self._path, exc)
+            return False
+        except Exception:  # noqa: BLE001  # logged; upkeep must not take the writer down
+            self._rollback()
+            _log.exception("log upkeep of %s failed, will retry", self._path)
             return False
         self._wrote(4096)
         return more

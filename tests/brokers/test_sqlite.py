@@ -227,11 +227,13 @@ async def test_records_cross_processes_promptly(tmp_path: Path) -> None:
     assert lags[-1] < 2000
 
 
-async def test_stalled_member_is_fenced_and_the_next_owner_resumes_from_its_commit(
-    tmp_path: Path,
+@pytest.mark.parametrize("ending", ["stalled", "killed"])
+async def test_a_silent_member_process_loses_its_partitions_to_the_next_owner(
+    tmp_path: Path, ending: str
 ) -> None:
-    """A member process whose event loop stops (no heartbeats) loses its partitions when its
-    lease runs out; its late commit is refused; the new owner starts at its committed offsets."""
+    """A member process that stops heartbeating — its event loop blocked, or SIGKILLed — loses
+    its partitions when its lease runs out; the new owner starts at its committed offsets; the
+    stalled one's late commit is refused."""
     url = _url(tmp_path / "log.db")
     topic, group = "work", "workers"
     async with brokers.connect(url, settings=FAST) as broker:
@@ -245,6 +247,9 @@ async def test_stalled_member_is_fenced_and_the_next_owner_resumes_from_its_comm
                 mark.split("=") for mark in (await _line(child)).removeprefix("committed ").split()
             )
             assert committed == {"0": "20", "1": "20"}
+            if ending == "killed":
+                child.kill()
+                await child.wait()
             await broker.produce_batch(
                 topic, [ProducerRecord(b"late", partition=p) for p in (0, 1)]
             )
@@ -254,6 +259,8 @@ async def test_stalled_member_is_fenced_and_the_next_owner_resumes_from_its_comm
                     while here.assignment != all_partitions(topic, 2) or len(records) < 2:
                         records.extend(await here.getmany(timeout=0.2))
                 assert {(r.partition, r.offset) for r in records} == {(0, 20), (1, 20)}
+                if ending == "killed":
+                    return
                 assert child.stdin is not None
                 child.stdin.write(b"go\n")
                 await child.stdin.drain()
