@@ -34,6 +34,7 @@ T = TypeVar("T")
 _log = logging.getLogger("brokers.sqlite")
 
 _MAX_BATCH_RECORDS = 20_000
+_MAX_BATCH_BYTES = 16 << 20
 _CHECKPOINT_BYTES = 4 << 20
 
 Work = Callable[[sqlite3.Connection, Txn], T]
@@ -47,6 +48,13 @@ class _Job:
     @property
     def records(self) -> int:
         return len(self.work.records) if isinstance(self.work, Append) else 1
+
+    @property
+    def size(self) -> int:
+        """About how many bytes it writes (values only: they dominate)."""
+        if isinstance(self.work, Append):
+            return sum(len(r.value) for r in self.work.records if r.value is not None)
+        return 64
 
 
 Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
@@ -159,8 +167,8 @@ class Writer:
 
     def _collect(self, batch: list[_Job]) -> bool:
         """Add whatever else is queued to ``batch``; True if the stop sentinel was met."""
-        records = batch[0].records
-        while records < _MAX_BATCH_RECORDS:
+        records, size = batch[0].records, batch[0].size
+        while records < _MAX_BATCH_RECORDS and size < _MAX_BATCH_BYTES:
             try:
                 job = self._queue.get_nowait()
             except queue.Empty:
@@ -169,6 +177,7 @@ class Writer:
                 return True
             batch.append(job)
             records += job.records
+            size += job.size
         return False
 
     def _commit(self, batch: list[_Job]) -> None:
