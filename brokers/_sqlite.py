@@ -78,6 +78,7 @@ class SqliteBroker(BaseBroker):
         self._poller: asyncio.Task[None] | None = None
         self._waiters: dict[TopicPartition, set[asyncio.Event]] = {}
         self._members: dict[str, set[SqliteSubscription]] = {}
+        self._subscribed = asyncio.Event()  # the poller sleeps on it while nobody reads
 
     @classmethod
     def from_url(cls, url: str, settings: SqliteSettings) -> SqliteBroker:
@@ -185,9 +186,10 @@ class SqliteBroker(BaseBroker):
         interval = self._settings.poll_interval
         version = -1
         while True:
-            await asyncio.sleep(interval)
             if not self._subscriptions:
-                continue
+                self._subscribed.clear()
+                await self._subscribed.wait()
+            await asyncio.sleep(interval)
             try:
                 version, generations = await self._read(_changes, version, sorted(self._members))
             except NeuroplexError as exc:
@@ -286,6 +288,7 @@ class SqliteSubscription(BaseSubscription):
     # ------------------------------------------------------------ lifecycle
     async def _start(self) -> None:
         options, broker = self._options, self._broker
+        broker._subscribed.set()
         if options.group is None:
             tps = await broker._all_partitions(options.topics)
             if options.partitions is not None:
