@@ -204,8 +204,18 @@ class NatsBroker(BaseBroker):
         log.warning("nats: %s: %s", self.url, _reason(exc))
 
     async def _on_disconnected(self) -> None:
-        if not self._connecting and self._client is not None and not self._client.is_closed:
-            log.warning("nats: disconnected from %s, reconnecting", self.url)
+        if self._connecting or self._client is None or self._client.is_closed:
+            return
+        log.warning("nats: disconnected from %s, reconnecting", self.url)
+        if self._publisher is not None:
+            # Their acknowledgements would never come: fail now rather than at the timeout.
+            self._publisher.fail_waiting(
+                BrokerUnavailableError(
+                    self.url,
+                    "the connection was lost before the broker acknowledged the records "
+                    "(they may or may not be stored; producing them again may duplicate some)",
+                )
+            )
 
     async def _on_reconnected(self) -> None:
         log.warning("nats: reconnected to %s", self.url)
@@ -462,6 +472,8 @@ class NatsBroker(BaseBroker):
 
 
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
     text = str(exc).strip().removeprefix("nats: ")
     if isinstance(exc, ConnectionRefusedError) or "Connect call failed" in text:
         return f"connection refused ({text})"

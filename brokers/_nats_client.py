@@ -81,6 +81,24 @@ class Client(nats.aio.client.Client):
         except Exception:  # noqa: BLE001 - a failing sink must never stop the connection's reader
             log.exception("nats: dropping a message on %r that could not be handled", subject)
 
+    async def close(self) -> None:
+        """Close, also while reconnecting.
+
+        nats-py 2.16's close writes its outbound buffer to the transport first; while
+        reconnecting that transport is dead, the write raises, and close stops half-way,
+        leaving subscription tasks running. What was buffered can no longer be sent anyway.
+        """
+        if not self.is_connected:
+            self._pending = []
+            self._pending_data_size = 0
+        try:
+            await super().close()
+        finally:
+            for sub in list(self._subs.values()):  # what an interrupted close left behind
+                task: asyncio.Task[None] | None = getattr(sub, "_wait_for_msgs_task", None)
+                if task is not None and not task.done():
+                    task.cancel()
+
     async def subscribe_sink(self, subject: str, sink: Sink) -> Subscription:
         """Subscribe ``subject`` with its messages handed to ``sink`` in the reader."""
         sub = await self.subscribe(subject)
@@ -142,11 +160,15 @@ class Publisher:
     async def start(self) -> None:
         self._sub = await self._client.subscribe_sink(f"{self._inbox}.*.*", self._on_ack)
 
-    async def stop(self) -> None:
+    def fail_waiting(self, error: BaseException) -> None:
+        """Give up on every unacknowledged publish (the connection was lost under them)."""
         for acks in self._waiting.values():
             if not acks.done.done():
-                acks.done.set_exception(nats.errors.ConnectionClosedError())
+                acks.done.set_exception(error)
         self._waiting.clear()
+
+    async def stop(self) -> None:
+        self.fail_waiting(nats.errors.ConnectionClosedError())
         if self._sub is not None:
             await self._client.unsubscribe_sink(self._sub)
             self._sub = None
@@ -240,6 +262,8 @@ class Publisher:
         try:
             async with asyncio.timeout(timeout):
                 await acks.done
+        except BrokerUnavailableError as exc:
+            raise BrokerUnavailableError(self._url, exc.reason) from None
         except TimeoutError:
             raise BrokerUnavailableError(
                 self._url, f"no acknowledgement of a publish within {timeout:g} s"

@@ -38,6 +38,8 @@ _KEY = b"Np-Key: "
 _KEY_B64 = b"Np-Key-B64: "
 _NULL = b"Np-Null: 1\r\n"
 _HDR = b"Np-Hdr: "
+_ONLY_KEY = _HEAD + _KEY
+_ONLY_KEY_SIZE = len(_ONLY_KEY)
 
 # text a header value carries unchanged: no control characters, no outer whitespace
 _PLAIN = re.compile(rb"(?:[!-~\x80-\xff](?:[ -~\x80-\xff]*[!-~\x80-\xff])?)?")
@@ -104,6 +106,8 @@ def decode_headers(block: bytes) -> tuple[bytes | None, bool, Headers]:
     headers this version does not know; a malformed ``Np-`` value is skipped rather than
     failing the whole record.
     """
+    if block.startswith(_ONLY_KEY) and block.find(_CRLF, _ONLY_KEY_SIZE) == len(block) - 4:
+        return block[_ONLY_KEY_SIZE:-4].strip(b" \t"), False, ()  # the common case: a key
     key: bytes | None = None
     tombstone = False
     headers: list[tuple[str, bytes]] = []

@@ -251,13 +251,22 @@ class GroupMember:
         def left(generation: Generation) -> Generation | None:
             return generation.without([self.id]) if self.id in generation.members else None
 
+        client = self._broker._client
+        if client is None or not client.is_connected:
+            log.warning(
+                "nats: group %r: not connected, so member %s cannot leave; the others will "
+                "expire it after its session timeout",
+                self.group,
+                self.id,
+            )
+            return
         try:
             async with asyncio.timeout(min(5.0, self._broker.settings.request_timeout)):
                 await self._change(left)
                 await self._purge(self._hb_prefix + self.id)
         except RECOVERABLE as exc:
             log.warning(
-                "nats: group %r: leaving cleanly failed (%s); the others will expire "
+                "nats: group %r: leaving cleanly failed (%r); the others will expire "
                 "this member after its session timeout",
                 self.group,
                 exc,
@@ -324,7 +333,20 @@ class GroupMember:
                 await asyncio.sleep(self._interval)
                 continue
             try:
-                async for entry in watcher:
+                while True:
+                    # Our own heartbeat comes by every interval: silence means the watch broke
+                    # (its consumer is gone after a server restart, say), so watch anew.
+                    try:
+                        async with asyncio.timeout(3 * self._interval + 2.0):
+                            entry = await anext(watcher)
+                    except StopAsyncIteration:
+                        break
+                    except TimeoutError:
+                        log.info(
+                            "nats: group %r: membership watch went silent; restarting it",
+                            self.group,
+                        )
+                        break
                     if entry is None:  # the end of the initial values
                         continue
                     if entry.key == self._gen_key:

@@ -62,9 +62,11 @@ class _Part:
 
     __slots__ = (
         "buf",
+        "checked",
         "consumer",
         "epoch",
         "expected",
+        "failing",
         "filter",
         "heard",
         "next_offset",
@@ -94,7 +96,9 @@ class _Part:
         self.buf: list[Record] = []
         self.pos = 0
         self.heard = 0.0  # monotonic time of the last message or status
+        self.checked = 0  # ``expected`` when stalls were last checked
         self.retry_at = 0.0
+        self.failing = False  # consumer creation failed (logged once)
         self.epoch = 0  # bumped by every reset, to spot a consumer created for an old start
 
     @property
@@ -171,11 +175,13 @@ class NatsSubscription(BaseSubscription):
         if client is not None and not client.is_closed:
             try:
                 async with asyncio.timeout(min(2.0, self._broker.settings.request_timeout)):
-                    await self._delete_stale()
+                    if client.is_connected:  # else the server drops them after _INACTIVE
+                        await self._delete_stale()
                     if self._sink is not None:
                         await client.unsubscribe_sink(self._sink)
             except RECOVERABLE as exc:
-                log.debug("nats: cleaning up a subscription: %s", exc)
+                log.debug("nats: cleaning up a subscription: %r", exc)
+        self._stale.clear()
         self._sink = None
         self._wake.set()
 
@@ -240,6 +246,7 @@ class NatsSubscription(BaseSubscription):
         part.consumer = None
         part.outstanding = 0
         part.expected = 1
+        part.checked = 0
         part.retry_at = 0.0
         part.epoch += 1
         self._wake.set()
@@ -402,7 +409,10 @@ class NatsSubscription(BaseSubscription):
     def _check_stalls(self) -> None:
         now = time.monotonic()
         for part in self._parts.values():
-            if part.outstanding > 0 and now - part.heard > _STALL:
+            if part.expected != part.checked:  # records arrived since the last check
+                part.checked = part.expected
+                part.heard = now
+            elif part.outstanding > 0 and now - part.heard > _STALL:
                 log.info("nats: pull request for %s went silent; restarting its consumer", part.tp)
                 self._reset(part)
 
@@ -438,9 +448,15 @@ class NatsSubscription(BaseSubscription):
                 topic=part.topic,
             )
         except (ApiError, NeuroplexError) as exc:
-            log.warning("nats: cannot read %s yet (%s); retrying", part.tp, exc)
+            (log.debug if part.failing else log.warning)(
+                "nats: cannot read %s (%s); retrying every %g s", part.tp, exc, _RETRY
+            )
+            part.failing = True
             part.retry_at = time.monotonic() + _RETRY
             return
+        if part.failing:
+            log.warning("nats: reading %s again", part.tp)
+            part.failing = False
         if part.epoch != epoch or self._parts.get(part.tp) is not part or self.closed:
             self._stale.append((part.stream, name))  # seeked, moved or closed meanwhile
             return
@@ -449,6 +465,7 @@ class NatsSubscription(BaseSubscription):
         part.pull_subject = f"$JS.API.CONSUMER.MSG.NEXT.{part.stream}.{name}".encode()
         part.reply = f"{self._inbox}.{name}".encode()
         part.expected = 1
+        part.checked = 1
         part.outstanding = 0
         self._by_consumer[consumer] = part
 
