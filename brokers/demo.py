@@ -275,8 +275,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run again with the same --url to resume from the committed positions")
         return 130
-    except brokers.NeuroplexError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (brokers.NeuroplexError, ExceptionGroup) as exc:
+        # a failure inside the producer or consumer task comes wrapped by the TaskGroup
+        found = exc.subgroup(brokers.NeuroplexError) if isinstance(exc, ExceptionGroup) else exc
+        if found is None:
+            raise
+        while isinstance(found, ExceptionGroup):
+            found = found.exceptions[0]
+        print(f"error: {found}", file=sys.stderr)
         return 1
 
 

@@ -6,6 +6,7 @@ docs say it prints; every example is shown on a page; every page is in the site'
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -16,6 +17,9 @@ from pathlib import Path
 import pytest
 from mkdocs.config import load_config
 
+import brokers
+from brokers import TopicPartition, TopicSpec
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 EXAMPLES = DOCS / "examples"
@@ -24,9 +28,19 @@ EXAMPLES = DOCS / "examples"
 ON_A_BROKER = {
     "quickstart.py": "read 3 orders",
     "groups.py": "worker-c resumed from the committed positions and read [b'late-1', b'late-2']",
-    "read_to_end.py": "read 10000 readings: exactly what the log held when we looked",
+    "read_to_end.py": "read 10000 readings, 0 written after we looked",
     "partitioning.py": "misplaced record: key b'user-42' on partition 5, but the key belongs on 4",
     "errors.py": "TopicConflictError: topic 'invoices' already exists with other settings",
+}
+# The topics each program creates (name, partitions, consumer group or None). On servers that
+# outlive a test session (NEUROPLEX_KAFKA_URL, NEUROPLEX_NATS_URL) they are dropped first, and
+# the group's positions reset, so every run starts from the same state.
+TOPICS: dict[str, list[tuple[str, int, str | None]]] = {
+    "quickstart.py": [("orders", 4, None)],
+    "groups.py": [("payments", 4, "billing")],
+    "read_to_end.py": [("readings", 3, None)],
+    "partitioning.py": [("clicks", 8, None)],
+    "errors.py": [("invoices", 2, None)],
 }
 # Programs that contact no broker.
 STANDALONE = {"settings.py": "password=SecretStr('**********')"}
@@ -59,6 +73,7 @@ def _programs() -> list[str]:
 def test_every_example_is_run_by_this_module() -> None:
     known = set(ON_A_BROKER) | set(STANDALONE) | PYTEST_FILES
     assert set(_programs()) == known, "add the new example's expected line to this module"
+    assert set(TOPICS) == set(ON_A_BROKER), "name the topics the new example creates"
 
 
 def _pages() -> Iterator[Path]:
@@ -90,8 +105,29 @@ def test_every_page_is_in_the_nav() -> None:
     assert listed - pages == set(), "the nav lists pages that do not exist"
 
 
+async def _fresh(url: str, topics: list[tuple[str, int, str | None]]) -> None:
+    """Drop the example's topics; zero its group's positions (not every broker drops them)."""
+    async with brokers.connect(url) as log:
+        existing = await log.list_topics()
+        for topic, partitions, group in topics:
+            if topic not in existing:
+                continue  # a fresh server: nothing to undo
+            await log.delete_topic(topic)
+            if group is None:
+                continue
+            await log.create_topic(TopicSpec(topic, partitions=partitions))
+            everything = {TopicPartition(topic, p) for p in range(partitions)}
+            async with log.subscribe(topic, group=group, session_timeout=6.0) as sub:
+                async with asyncio.timeout(60):
+                    while sub.assignment != everything:
+                        await sub.getmany(timeout=0.5)
+                await sub.commit(dict.fromkeys(everything, 0))
+
+
 @pytest.mark.parametrize("name", sorted(ON_A_BROKER))
 def test_example_runs(name: str, broker_url: str, backend: str) -> None:
+    if backend in ("kafka", "nats"):
+        asyncio.run(_fresh(broker_url, TOPICS[name]))
     result = _run([f"docs/examples/{name}"], NEUROPLEX_BROKER=broker_url)
     _check(result, ON_A_BROKER[name])
     recorded = EXAMPLES / name.replace(".py", ".out")
