@@ -56,10 +56,18 @@ __all__ = ("KafkaSubscription",)
 _FETCH_MAX_WAIT_MS = 100
 _BYTES_PER_RECORD = 256
 _FOREVER = 3600.0  # one wait of an unbounded getmany; it simply waits again
+_GROUP_ERRORS_EVERY = 0.5  # while joining, how often to look for a failed membership
 
 
 def _kafka_tp(tp: TopicPartition) -> Any:
     return KafkaTopicPartition(tp.topic, tp.partition)
+
+
+def _raise_group_errors(consumer: Any) -> None:
+    """Raise what made aiokafka's group membership fail (its ``getmany`` does the same)."""
+    check = getattr(getattr(consumer, "_coordinator", None), "check_errors", None)
+    if check is not None:
+        check()
 
 
 class _RecordBuffer(collections.OrderedDict[Any, Any]):
@@ -105,9 +113,14 @@ class KafkaSubscription(BaseSubscription):
     def __init__(self, broker: KafkaBroker, options: SubscribeOptions) -> None:
         super().__init__(broker, options)
         self._consumer: Any = None
-        self._wake: asyncio.Future[None] | None = None  # resolved on close or a callback error
+        # resolved to wake a waiting getmany: on close, a callback error, a settled rebalance
+        self._wake: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None  # raised by the next getmany
-        self._rebalancing = options.group is not None  # aiokafka holds records back meanwhile
+        # From aiokafka's revocation until our assignment callbacks are done nothing is read,
+        # so no record of a gained partition comes before on_assigned has finished.
+        self._rebalancing = options.group is not None
+        self._epoch = 0  # rebalances begun: a read begun in an older epoch is dropped
+        self._getter: asyncio.Future[Any] | None = None  # aiokafka's waiting getmany, if any
         self._stash: list[list[Record]] = []  # taken from aiokafka by a cancelled getmany
 
     # ------------------------------------------------------------ lifecycle
@@ -156,8 +169,7 @@ class KafkaSubscription(BaseSubscription):
             log.info("aiokafka's fetcher has changed: records are converted after decoding")
 
     async def _close(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
+        self._signal()
         consumer, self._consumer = self._consumer, None
         self._stash = []
         if consumer is None:
@@ -213,11 +225,18 @@ class KafkaSubscription(BaseSubscription):
         return offsets
 
     async def _revoked(self) -> None:
-        """aiokafka is about to rejoin the group: every partition is given up (eager)."""
+        """aiokafka is about to rejoin the group: every partition is given up (eager).
+
+        Records read before this point and not yet returned are dropped: after the rebalance
+        aiokafka resumes every partition from its committed position.
+        """
         self._rebalancing = True
+        self._epoch += 1
+        if self._getter is not None and not self._getter.done():
+            self._getter.cancel()
+        self._stash = []
         if self.closed or not self._assignment:
             return
-        self._stash = []
         await self._guarded(self._set_assignment(frozenset()))
 
     async def _assigned(self, assigned: Any) -> None:
@@ -227,6 +246,7 @@ class KafkaSubscription(BaseSubscription):
                 await self._guarded(self._adopt(tps))
         finally:
             self._rebalancing = False
+            self._signal()
 
     async def _adopt(self, tps: frozenset[TopicPartition]) -> None:
         await self._seek_uncommitted(tps)
@@ -252,17 +272,23 @@ class KafkaSubscription(BaseSubscription):
         except Exception as exc:  # noqa: BLE001 - handed to the caller by the next getmany
             log.debug("assignment callback of %r failed: %r", self, exc)
             self._failure = exc
-            if self._wake is not None and not self._wake.done():
-                self._wake.set_result(None)
+            self._signal()
+
+    def _signal(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
+
+    def _rearm(self) -> asyncio.Future[None]:
+        """The future a waiting read watches (a fresh one once the last was resolved)."""
+        wake = self._wake
+        if wake is None or wake.done():
+            wake = self._wake = asyncio.get_running_loop().create_future()
+        return wake
 
     def _raise_failure(self) -> None:
-        failure = self._failure
-        if failure is None:
-            return
-        self._failure = None
-        if not self.closed:
-            self._wake = asyncio.get_running_loop().create_future()
-        raise failure
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
 
     # ------------------------------------------------------------ reading
     @property
@@ -283,7 +309,7 @@ class KafkaSubscription(BaseSubscription):
             if self.closed:
                 return []
             if not self._rebalancing:
-                # only what is fetched already; never waits (aiokafka waits only mid-rebalance)
+                # only what is fetched already: never waits (aiokafka waits only mid-rebalance)
                 with translating(url, group=group):
                     data = await consumer.getmany(max_records=limit)
                 if data:
@@ -291,15 +317,22 @@ class KafkaSubscription(BaseSubscription):
             remaining = _FOREVER if deadline is None else deadline - loop.time()
             if remaining <= 0:
                 return []
-            data = await self._wait(consumer, min(remaining, _FOREVER), limit)
+            wake = self._rearm()
+            if self._rebalancing:  # wait for the assignment callbacks to finish
+                with translating(url, group=group):
+                    _raise_group_errors(consumer)
+                await asyncio.wait((wake,), timeout=min(remaining, _GROUP_ERRORS_EVERY))
+                continue
+            data = await self._wait(consumer, wake, min(remaining, _FOREVER), limit)
             if data:
                 return self._chunks(data)
 
-    async def _wait(self, consumer: Any, seconds: float, limit: int) -> dict[Any, list[Any]]:
-        """aiokafka's waiting ``getmany``, cut short when the subscription closes or fails."""
-        wake = self._wake
-        assert wake is not None
-        getter = asyncio.ensure_future(
+    async def _wait(
+        self, consumer: Any, wake: asyncio.Future[None], seconds: float, limit: int
+    ) -> dict[Any, list[Any]]:
+        """aiokafka's waiting ``getmany``, cut short by close, a callback error or a rebalance."""
+        epoch = self._epoch
+        getter = self._getter = asyncio.ensure_future(
             consumer.getmany(timeout_ms=max(1, int(seconds * 1000)), max_records=limit)
         )
         try:
@@ -308,11 +341,23 @@ class KafkaSubscription(BaseSubscription):
             # cancelled: records aiokafka already handed over must not be lost
             if not getter.done():
                 getter.cancel()
-            elif not getter.cancelled() and getter.exception() is None and getter.result():
+            elif (
+                epoch == self._epoch
+                and not getter.cancelled()
+                and getter.exception() is None
+                and getter.result()
+            ):
                 self._stash = self._chunks(getter.result())
             raise
+        finally:
+            self._getter = None
         if not getter.done():
             getter.cancel()
+            return {}
+        if getter.cancelled():  # by a rebalance
+            return {}
+        if epoch != self._epoch:  # read for partitions given up since: they are read again
+            getter.exception()  # (retrieved, so that asyncio does not report it)
             return {}
         with translating(self._broker.url, group=self._options.group):
             data: dict[Any, list[Any]] = getter.result()
