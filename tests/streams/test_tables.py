@@ -124,6 +124,7 @@ async def test_tables_refuse_writes_that_would_break_their_guarantees(broker_url
 
 
 @pytest.mark.chaos
+@pytest.mark.timeout(600)  # 20 restarts, each waiting out the killed member's session
 @pytest.mark.backends("sqlite", "kafka", "nats")
 async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) -> None:
     name, topic = unique("chaos"), unique("views")
