@@ -1,6 +1,6 @@
 """Quickstart: connect, create a topic, produce, read it back.
 
-Run: python docs/examples/quickstart.py   (NEUROPLEX_BROKER=sqlite:///demo.db ... for another log)
+Run: python docs/examples/quickstart.py   (NEUROPLEX_BROKER=... for another log)
 """
 
 import asyncio
