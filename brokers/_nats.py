@@ -29,6 +29,13 @@ Mapping
 - Consumer groups are built here on a KV bucket, ``<prefix>_groups`` (see
   :mod:`brokers._nats_groups`).
 
+Connecting is bounded by ``connect_timeout``: refused credentials fail at once
+(:class:`~brokers.AuthorizationError`), an unreachable server with the last error seen
+(:class:`~brokers.BrokerUnavailableError`). Once connected, nats-py reconnects by itself, forever,
+once a second; meanwhile requests fail after ``request_timeout`` and publishes waiting for an
+acknowledgement fail at once (the records may or may not be stored). Subscriptions restart
+their consumers after a reconnect, from the record after the last one received.
+
 End offsets are read from the stream leader (``STREAM.MSG.GET`` with ``last_by_subj``, which
 accepts the wildcard of a compacted partition), never from a replica, so a strong read never
 waits for less than what was acknowledged.
@@ -109,6 +116,7 @@ class NatsBroker(BaseBroker):
         self._kv_lock = asyncio.Lock()
         self._connecting = False
         self._last_error: BaseException | None = None
+        self._reported = ""  # the last connection error logged as a warning
         self._subjects: dict[str, list[bytes]] = {}
 
     @classmethod
@@ -188,8 +196,11 @@ class NatsBroker(BaseBroker):
             with contextlib.suppress(*TRANSLATED):
                 await publisher.stop()
         if client is not None and not client.is_closed:
+            # A transport that never connected (a failed TLS handshake, say) may never report
+            # itself closed: do not wait long for it.
+            bound = min(5.0, self._settings.request_timeout) if client.is_connected else 0.5
             try:
-                async with asyncio.timeout(min(5.0, self._settings.request_timeout)):
+                async with asyncio.timeout(bound):
                     await client.close()
             except TRANSLATED as exc:
                 log.debug("nats: close of %s: %s", self.url, _reason(exc))
@@ -201,7 +212,13 @@ class NatsBroker(BaseBroker):
             self._last_error = exc
             log.debug("nats: connecting to %s: %s", self.url, _reason(exc))
             return
-        log.warning("nats: %s: %s", self.url, _reason(exc))
+        reason = _reason(exc)
+        client = self._client
+        if client is not None and client.is_reconnecting and reason == self._reported:
+            log.debug("nats: %s: %s", self.url, reason)  # said once per outage is enough
+            return
+        self._reported = reason
+        log.warning("nats: %s: %s", self.url, reason)
 
     async def _on_disconnected(self) -> None:
         if self._connecting or self._client is None or self._client.is_closed:
@@ -218,6 +235,7 @@ class NatsBroker(BaseBroker):
             )
 
     async def _on_reconnected(self) -> None:
+        self._reported = ""
         log.warning("nats: reconnected to %s", self.url)
         for sub in list(self._subscriptions):
             if isinstance(sub, NatsSubscription):

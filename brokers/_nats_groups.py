@@ -50,7 +50,7 @@ from brokers import json
 from brokers._base import SubscribeOptions
 from brokers._errors import BrokerError, NeuroplexError, StaleMemberError, UnknownTopicError
 from brokers._groups import assign_partitions
-from brokers._nats_support import RECOVERABLE, TRANSLATED, log, translating
+from brokers._nats_support import RECOVERABLE, log, translating
 from brokers._types import TopicPartition
 
 if TYPE_CHECKING:
@@ -359,10 +359,22 @@ class GroupMember:
                         else:
                             self._heard[member] = time.monotonic()
             finally:
-                try:
-                    await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
-                except TRANSLATED as exc:
-                    log.debug("nats: stopping a watch: %s", exc)
+                await self._stop_watch(watcher)
+
+    async def _stop_watch(self, watcher: Any) -> None:
+        """Stop a KV watch and delete its consumer (else the server keeps it 5 minutes)."""
+        sub = getattr(watcher, "_sub", None)
+        consumer = getattr(sub, "_consumer", None)
+        try:
+            await watcher.stop()
+            client = self._broker._client
+            if isinstance(consumer, str) and client is not None and client.is_connected:
+                async with asyncio.timeout(1.0):
+                    await self._broker.api(
+                        f"$JS.API.CONSUMER.DELETE.KV_{self._broker.names.bucket}.{consumer}"
+                    )
+        except RECOVERABLE as exc:
+            log.debug("nats: stopping a watch: %r", exc)
 
     # ------------------------------------------------------------ rebalancing
     async def prepare(self, resolve: Resolve) -> Adoption:

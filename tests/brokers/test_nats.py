@@ -399,3 +399,34 @@ async def test_commit_after_the_partition_was_claimed_is_stale(broker: Broker) -
             (mine,) = a.assignment
             await a.commit({mine: 2})
             assert await b.committed(mine) == 2
+
+
+def _self_signed(openssl: str, cert: Path, key: Path) -> None:
+    subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"]
+    files = ["-keyout", str(key), "-out", str(cert)]
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", *subject, *files],
+        check=True,
+        capture_output=True,
+    )
+
+
+async def test_tls_with_the_servers_ca_and_without(backend: str, tmp_path: Path) -> None:
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl to make a certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    _self_signed(openssl, cert, key)
+    tls = ("--tls", "--tlscert", str(cert), "--tlskey", str(key))
+    with own_server(tmp_path, *tls) as url:
+        address = url.removeprefix("nats://")
+        settings = NatsSettings(tls=brokers.TLSSettings(cafile=cert))
+        async with brokers.connect(f"tls://{address}", settings=settings) as b:
+            await b.create_topic(TopicSpec("secure", partitions=1))
+            pos = await b.produce("secure", b"x")
+            assert pos.offset == 1
+        started = time.monotonic()
+        with pytest.raises(AuthorizationError, match="TLS"):
+            async with brokers.connect(f"tls://{address}", settings=NatsSettings()):
+                pass  # the system CAs do not know this certificate
+        assert time.monotonic() - started < 5
