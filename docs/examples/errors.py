@@ -1,6 +1,9 @@
 """Errors: one tree, typed, each message saying what to do.
 
 Run: python docs/examples/errors.py   (NEUROPLEX_BROKER=... for another log)
+Expect: UnknownTopicError: topic 'invoices' does not exist
+Expect: TopicConflictError: topic 'invoices' already exists with other settings
+Expect: ClosedError: broker
 """
 
 import asyncio

@@ -1,6 +1,8 @@
 """Consumer groups: two workers split a topic, commit as they go, and a newcomer resumes.
 
 Run: python docs/examples/groups.py   (NEUROPLEX_BROKER=... for another log)
+Expect: handled 100 payments
+Expect: worker-c resumed from the committed positions and read [b'late-1', b'late-2']
 """
 
 import asyncio

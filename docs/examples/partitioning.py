@@ -1,6 +1,8 @@
 """Where a key lands, and how to spot a record that a foreign producer put elsewhere.
 
 Run: python docs/examples/partitioning.py   (NEUROPLEX_BROKER=... for another log)
+Expect: 'user-42' -> partition 4 of 8
+Expect: misplaced record: key b'user-42' on partition 5, but the key belongs on 4
 """
 
 import asyncio

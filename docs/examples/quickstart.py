@@ -1,6 +1,7 @@
 """Quickstart: connect, create a topic, produce, read it back.
 
 Run: python docs/examples/quickstart.py   (NEUROPLEX_BROKER=... for another log)
+Expect: read 3 orders
 """
 
 import asyncio

@@ -1,6 +1,7 @@
 """Bounded reading: everything a topic held at one moment, while writers keep going.
 
 Run: python docs/examples/read_to_end.py   (NEUROPLEX_BROKER=... for another log)
+Expect: read 10000 readings, 0 written after we looked
 """
 
 import asyncio

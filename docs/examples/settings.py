@@ -1,6 +1,8 @@
 """Connection settings: one pydantic model per backend, credentials as SecretStr.
 
 Run: python docs/examples/settings.py   (builds settings only; nothing is contacted)
+Expect: password=SecretStr('**********')
+Expect: nats://orders:***@nats.internal:4222
 """
 
 import os
