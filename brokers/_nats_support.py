@@ -92,6 +92,8 @@ class NatsTarget:
             raise UnsupportedURLError(redact_url(url), "it names no server (nats://host:port)")
 
         self.url = redact_url(url)
+        if user is not None and password is None:  # a token in the URL: redact it too
+            self.url = f"{scheme}://***@{netloc}"
         self.servers = servers
         self.settings = settings
         self._user: str | None = None

@@ -264,6 +264,7 @@ def test_urls_and_credentials_are_checked_when_the_broker_is_made(backend: str) 
     assert target.servers == ["nats://a:4222", "nats://b:4222"]
     assert "s3cret" not in target.url
     assert "s3cret" not in repr(target)
+    assert NatsTarget("nats://t0ken@a", NatsSettings()).url == "nats://***@a"
     assert NatsTarget("tls://[::1]:4443", NatsSettings()).servers == ["tls://[::1]:4443"]
     with pytest.raises(UnsupportedURLError):
         NatsTarget("nats://host:4222/path", NatsSettings())
@@ -430,3 +431,17 @@ async def test_tls_with_the_servers_ca_and_without(backend: str, tmp_path: Path)
             async with brokers.connect(f"tls://{address}", settings=NatsSettings()):
                 pass  # the system CAs do not know this certificate
         assert time.monotonic() - started < 5
+
+
+async def test_token_authentication(backend: str, tmp_path: Path) -> None:
+    with own_server(tmp_path, "--auth", "s3cr3t-token") as url:
+        host = url.removeprefix("nats://")
+        async with brokers.connect(f"nats://s3cr3t-token@{host}") as b:
+            assert "s3cr3t" not in b.url
+            await b.list_topics()
+        async with brokers.connect(url, settings=NatsSettings(token="s3cr3t-token")) as b:
+            await b.list_topics()
+        with pytest.raises(AuthorizationError) as info:
+            async with brokers.connect(url, settings=NatsSettings(token="wrong-token")):
+                pass
+        assert "wrong-token" not in str(info.value)
