@@ -445,3 +445,18 @@ async def test_token_authentication(backend: str, tmp_path: Path) -> None:
             async with brokers.connect(url, settings=NatsSettings(token="wrong-token")):
                 pass
         assert "wrong-token" not in str(info.value)
+
+
+async def test_a_waiting_getmany_returns_when_the_subscription_closes(broker: Broker) -> None:
+    name, group = unique("wait"), unique("g")
+    await broker.create_topic(TopicSpec(name, partitions=2))
+    for options in ({}, {"group": group, "session_timeout": 3.0}):
+        sub = broker.subscribe(name, **options)  # type: ignore[arg-type]
+        await sub.__aenter__()
+        waiting = asyncio.create_task(sub.getmany())  # no timeout: waits for records
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        started = time.monotonic()
+        await sub.aclose()
+        assert await asyncio.wait_for(waiting, 2) == []
+        assert time.monotonic() - started < 1
