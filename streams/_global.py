@@ -68,6 +68,7 @@ class GlobalTable(Generic[K, V]):
     async def catch_up(self, timeout: float | None = 30.0) -> None:
         """Wait until every record the topic held at this call is applied (a strong read)."""
         ends = await self.app.broker.end_offsets(self.topic.name)
+        await asyncio.sleep(0)  # always let the agents run: a loop around this must not starve them
         async with asyncio.timeout(timeout):
             while any(
                 self._applied.get(TopicPartition(self.topic.name, p), 0) < end

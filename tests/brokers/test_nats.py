@@ -15,7 +15,9 @@ from pathlib import Path
 
 import nats
 import pytest
+from nats.aio.client import Client as NATSClient
 from nats.js.api import ConsumerConfig, DeliverPolicy
+from pydantic import SecretStr
 
 import brokers
 from brokers import (
@@ -44,7 +46,7 @@ NAMES = Names("np")
 
 
 @contextlib.asynccontextmanager
-async def raw_client(url: str) -> AsyncIterator[nats.NATS]:
+async def raw_client(url: str) -> AsyncIterator[NATSClient]:
     """A plain nats-py connection, as another service would have."""
     nc = await nats.connect(url)
     try:
@@ -215,8 +217,8 @@ async def test_records_from_and_to_other_nats_clients(broker: Broker) -> None:
     assert theirs[3].data == b"from neuroplex"
     assert theirs[3].headers == {"Np-Key": "user-2"}
     assert theirs[3].metadata.sequence.stream == mine.offset
-    async with broker.subscribe(name, partitions=[1]) as sub:
-        a, b, c, d = await consume(sub, 4)
+    async with broker.subscribe(name, partitions=[1]) as ours:
+        a, b, c, d = await consume(ours, 4)
     assert (a.key, a.value, a.headers) == (b"user-1", b"from nats-py", (("trace", b"t-1"),))
     assert (b.key, b.value) == (b"\x00\xff", None)
     assert (c.key, c.value, c.headers) == (None, b"no key", ())
@@ -269,7 +271,7 @@ def test_urls_and_credentials_are_checked_when_the_broker_is_made(backend: str) 
     with pytest.raises(UnsupportedURLError):
         NatsTarget("nats://host:4222/path", NatsSettings())
     with pytest.raises(brokers.ConfigurationError, match="one of"):
-        NatsTarget("nats://h", NatsSettings(user="u", token="t"))
+        NatsTarget("nats://h", NatsSettings(user="u", token=SecretStr("t")))
 
 
 async def test_refused_credentials_are_an_authorization_error(backend: str, tmp_path: Path) -> None:
@@ -284,7 +286,7 @@ async def test_refused_credentials_are_an_authorization_error(backend: str, tmp_
         with pytest.raises(AuthorizationError):
             async with brokers.connect(url, settings=NatsSettings(connect_timeout=3)):
                 pass
-        settings = NatsSettings(user="app", password="right")
+        settings = NatsSettings(user="app", password=SecretStr("right"))
         async with brokers.connect(url, settings=settings) as b:
             assert "right" not in b.url
             await b.create_topic(TopicSpec("auth", partitions=1))
@@ -370,7 +372,7 @@ async def test_a_silent_member_is_expired_after_its_session_timeout(broker: Brok
         async with raw_client(broker.url) as nc:
             kv = await nc.jetstream().key_value(NAMES.bucket)
             entry = await kv.get(NAMES.generation_key(group))
-            members = brokers.json.loads(entry.value)["members"]
+            members = brokers.json.loads(entry.value or b"{}")["members"]
             members["ghost-000000000000"] = {"topics": [name], "session_timeout": 2.0}
             await kv.update(
                 NAMES.generation_key(group),
@@ -439,10 +441,12 @@ async def test_token_authentication(backend: str, tmp_path: Path) -> None:
         async with brokers.connect(f"nats://s3cr3t-token@{host}") as b:
             assert "s3cr3t" not in b.url
             await b.list_topics()
-        async with brokers.connect(url, settings=NatsSettings(token="s3cr3t-token")) as b:
+        async with brokers.connect(
+            url, settings=NatsSettings(token=SecretStr("s3cr3t-token"))
+        ) as b:
             await b.list_topics()
         with pytest.raises(AuthorizationError) as info:
-            async with brokers.connect(url, settings=NatsSettings(token="wrong-token")):
+            async with brokers.connect(url, settings=NatsSettings(token=SecretStr("wrong-token"))):
                 pass
         assert "wrong-token" not in str(info.value)
 

@@ -126,11 +126,11 @@ async def test_raise_policy_stops_the_app_with_the_cause(broker_url: str) -> Non
                 raise ValueError("negative")
 
     async with app:
-        await numbers.send("k", -1)
+        sent = await numbers.send("k", -1)
         with pytest.raises(AgentError, match="negative") as info:
             async with asyncio.timeout(40):
                 await app.wait()
-    assert info.value.record.offset == 0
+    assert info.value.record.offset == sent.offset
     assert info.value.agent == "fragile"
 
 
