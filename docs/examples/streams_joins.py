@@ -59,9 +59,8 @@ async def main() -> None:
         print(line)
     for record in got:
         pair = json.loads(record.value or b"{}")
-        print(
-            f"{pair['key']} bought {(pair['right']['at'] - pair['left']['at']) // 1000}s after the click"
-        )
+        waited = (pair["right"]["at"] - pair["left"]["at"]) // 1000
+        print(f"{pair['key']} bought {waited}s after the click")
 
 
 if __name__ == "__main__":
