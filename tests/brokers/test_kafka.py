@@ -278,6 +278,28 @@ async def test_on_revoked_can_still_commit(broker: brokers.Broker) -> None:
 
 
 @kafka
+async def test_no_record_comes_before_on_assigned_has_finished(broker: brokers.Broker) -> None:
+    name, group = unique("slowassign"), unique("g")
+    await broker.create_topic(TopicSpec(name, partitions=2))
+    await broker.produce_batch(name, [ProducerRecord(b"x", partition=i % 2) for i in range(100)])
+    finished: list[frozenset[TopicPartition]] = []
+
+    async def slow(tps: frozenset[TopicPartition]) -> None:
+        await asyncio.sleep(1.0)  # e.g. a table restoring its state
+        finished.append(tps)
+
+    async with broker.subscribe(
+        name, group=group, session_timeout=SESSION_TIMEOUT, on_assigned=slow
+    ) as sub:
+        async with asyncio.timeout(30):
+            batch: list[brokers.Record] = []
+            while not batch:
+                batch = await sub.getmany(timeout=0.2)
+        assert finished, "a record came while on_assigned was still running"
+        assert {r.topic_partition for r in batch} <= finished[-1]
+
+
+@kafka
 async def test_an_assignment_callback_error_reaches_getmany(broker: brokers.Broker) -> None:
     name, group = unique("boom"), unique("g")
     await broker.create_topic(TopicSpec(name, partitions=1))
