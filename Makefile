@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# the main job: page views counted per user (table) and per 10 s window, on the embedded log;
+# DURATION bounds the run, and a second run resumes the totals from $(DATA)/neuroplex.db
+DURATION ?= 15
 run: $(STAMP)
 	mkdir -p $(DATA)
-	$(BIN)/python -m brokers.demo --url sqlite:///$(DATA)/demo.db
+	$(BIN)/python -m streams.examples.pageviews --broker sqlite:///$(CURDIR)/$(DATA)/neuroplex.db --duration $(DURATION)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
