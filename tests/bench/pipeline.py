@@ -1,9 +1,9 @@
 """``pipeline.sum``: per-user sums over 200,000 events (10,000 users, 8 partitions), verified.
 
 Ours: an App whose agent folds a table (exactly-once changelog included), timed from the first
-event handled (after the group join) to the last, like the raw loops (steady events/s). Baseline, in the same
-run on the same broker: a raw aiokafka (Kafka) or nats-py (NATS) consumer loop doing the same
-sum in a dict; on memory and sqlite there is no raw client, so no ratio.
+event handled (after the group join) to the last, like the raw loops (steady events/s).
+Baseline, in the same run on the same broker: a raw aiokafka (Kafka) or nats-py (NATS) consumer
+loop doing the same sum in a dict; on memory and sqlite there is no raw client, so no ratio.
 """
 
 from __future__ import annotations
