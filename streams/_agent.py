@@ -115,6 +115,8 @@ class Agent(Generic[K, V]):
         async with sub:
             source = Source(self.topic, sub, dead_letter=app.dead_letter, participants=list(tables))
             app.sources.add(source)
+            if app.stopping:
+                source.stopping = True  # the app began to stop while this member was joining
             try:
                 await self._drive(source)
             finally:

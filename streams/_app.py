@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -18,6 +19,7 @@ from streams._agent import Agent, ErrorPolicy
 from streams._errors import DeclarationError
 from streams._event import Event
 from streams._global import GlobalTable
+from streams._store import StoreKind
 from streams._stream import ORIGIN_HEADER, EventStream, Source
 from streams._table import RestoreProgress, Table
 from streams._topic import DEAD_LETTER_SUFFIX, Topic
@@ -49,6 +51,8 @@ class App:
         partitions: the partition count of topics declared without one.
         session_timeout: consumer-group session timeout of the agents, seconds.
         drain_timeout: how long leaving the app waits for agents to finish their batch.
+        state_dir: where tables declared with ``store="sqlite"`` keep their local files
+            (default ``NEUROPLEX_STATE_DIR``, else ``./state``).
 
     Example:
         >>> app = App("shop", broker="memory://")
@@ -67,6 +71,7 @@ class App:
         partitions: int = 8,
         session_timeout: float = 10.0,
         drain_timeout: float = 10.0,
+        state_dir: str | Path | None = None,
     ) -> None:
         TopicSpec(name)  # the app name appears in topic names: same rules
         if partitions < 1:
@@ -76,6 +81,7 @@ class App:
         self.default_partitions = partitions
         self.session_timeout = session_timeout
         self.drain_timeout = drain_timeout
+        self.state_dir = Path(state_dir or os.environ.get("NEUROPLEX_STATE_DIR", "state"))
         self.topics: dict[str, Topic[Any, Any]] = {}
         self.agents: dict[str, Agent[Any, Any]] = {}
         self.tables: dict[str, Table[Any, Any] | WindowedTable[Any, Any]] = {}
@@ -240,6 +246,7 @@ class App:
         default: Callable[[], Any] | None = None,
         value_type: Any = Any,
         on_restore: RestoreProgress | None = None,
+        store: StoreKind = "memory",
     ) -> Table[Any, Any]:
         """Declare a table folded by the agents of ``source``, partitioned like it.
 
@@ -253,6 +260,9 @@ class App:
             default: makes missing keys read as ``default()`` (``table[k] += 1`` just works).
             value_type: what values are (any type pydantic validates; JSON in the changelog).
             on_restore: called as ``(table, partition, records_read, records_total)``.
+            store: ``"memory"`` (restore replays the changelog) or ``"sqlite"`` (state in a
+                local file under ``state_dir``, larger than memory if need be; a restart
+                replays only the changelog's tail).
         """
         if name in self.tables:
             raise DeclarationError(f"a table named {name!r} is already declared")
@@ -265,6 +275,7 @@ class App:
             default=default,
             value_type=value_type,
             on_restore=on_restore,
+            store=store,
         )
         self.tables[name] = table
         return table
@@ -481,6 +492,12 @@ class App:
             raise _first_leaf(group) from None
 
     @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` has begun (agents drain and end)."""
+        event = self._stop_requested_event
+        return event is not None and event.is_set()
+
+    @property
     def _stop_requested(self) -> asyncio.Event:
         if self._stop_requested_event is None:
             raise ResourceStateError(f"app {self.name!r} is not started")
@@ -534,6 +551,8 @@ class App:
                 if failure is not None:
                     raise failure
         finally:
+            for table in self.tables.values():
+                (table if isinstance(table, Table) else table.state).close()
             await self._close_broker()
 
     async def _close_broker(self) -> None:

@@ -15,12 +15,13 @@ the highest position, gives the same state as a fresh fold of the source whoever
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from brokers import ConfigurationError, ProducerRecord, TopicPartition, default_partitioner, json
 from streams._codec import Codec, codec_for
 from streams._context import current
+from streams._store import PartitionState, SqliteStore, StoreKind
 
 if TYPE_CHECKING:
     from streams._app import App
@@ -62,6 +63,7 @@ class Table(Generic[K, V]):
         default: Callable[[], V] | None = None,
         value_type: Any = Any,
         on_restore: RestoreProgress | None = None,
+        store: StoreKind = "memory",
     ) -> None:
         self.app = app
         self.name = name
@@ -78,14 +80,17 @@ class Table(Generic[K, V]):
         )
         self._key_codec: Codec[Any] = source.key_codec
         self._value_codec: Codec[Any] = codec_for(value_type)
-        self._data: dict[int, dict[K, V]] = {}
-        self._positions: dict[int, dict[K, int]] = {}
+        self._data: dict[int, MutableMapping[K, V]] = {}
+        self._positions: dict[int, MutableMapping[K, int]] = {}
         self._dirty: dict[int, dict[K, int]] = {}
-        self._origins: dict[int, dict[K, dict[int, int]]] = {}
+        self._origins: dict[int, MutableMapping[K, dict[int, int]]] = {}
         self._undo: list[tuple[int, K, Any, int | None, dict[int, int] | None]] = []
         self._touched: set[tuple[int, K]] = set()  # keys written since the savepoint
         self._partitions: int | None = None
         self._partition_cache: dict[K, int] = {}
+        self.store_kind: StoreKind = store
+        self._store: SqliteStore | None = None
+        self._changelog_next: dict[int, int] = {}
 
     def __repr__(self) -> str:
         return f"<Table {self.name} of {self.source.name} holding {sorted(self._data)}>"
@@ -111,7 +116,7 @@ class Table(Generic[K, V]):
             self._partition_cache[key] = partition
         return partition
 
-    def _held(self, key: K) -> tuple[int, dict[K, V]]:
+    def _held(self, key: K) -> tuple[int, MutableMapping[K, V]]:
         partition = self.partition_of(key)
         data = self._data.get(partition)
         if data is None:
@@ -269,12 +274,23 @@ class Table(Generic[K, V]):
                         headers,
                     )
                 )
-            await self.app.broker.produce_batch(self.changelog.name, records)
+            written = await self.app.broker.produce_batch(self.changelog.name, records)
+            self._changelog_next[partition] = written[-1].offset + 1
+        if self._store is not None and dirty:
+            self._store.commit({p: self._changelog_next[p] for p in dirty if p in self._data})
 
     # ------------------------------------------------------------ assignment
     async def start(self) -> None:
         spec = await self.app.broker.describe_topic(self.source.name)
         self._partitions = spec.partitions
+        if self.store_kind == "sqlite" and self._store is None:
+            self._store = SqliteStore(
+                self.app.state_dir / self.app.name / f"{self.name}.db",
+                encode_key=self._key_codec.encode,
+                decode_key=self._key_codec.decode,
+                encode_value=self._value_codec.encode,
+                decode_value=self._value_codec.decode,
+            )
 
     async def on_assigned(self, tps: frozenset[TopicPartition]) -> None:
         for tp in sorted(tps):
@@ -301,19 +317,30 @@ class Table(Generic[K, V]):
             await self._restore(partition)
 
     async def _restore(self, partition: int) -> None:
-        """Fold the changelog partition: for each key, the record with the highest position."""
+        """Fold the changelog partition: for each key, the record with the highest position.
+
+        With the sqlite store, the stored state is the starting point and only the changelog
+        after the position it records is read.
+        """
         broker = self.app.broker
         name = self.changelog.name
         end = (await broker.end_offsets(name))[partition]
         begin = (await broker.beginning_offsets(name))[partition]
-        data: dict[K, V] = {}
-        positions: dict[K, int] = {}
-        origins: dict[K, dict[int, int]] = {}
+        state = self._open_state(partition)
+        start = begin
+        if self._store is not None:
+            if state.changelog_next > end:  # the changelog was recreated: the file is stale
+                self._store.reset(partition)
+                state = self._open_state(partition)
+            start = max(begin, state.changelog_next)
+        data, positions, origins = state.data, state.positions, state.origins
         read = 0
         tp = TopicPartition(name, partition)
-        if end > begin:
-            async with broker.subscribe(name, partitions=[partition], max_batch=5000) as sub:
-                while (sub.position(tp) or begin) < end:
+        if end > start:
+            async with broker.subscribe(
+                name, partitions=[partition], start={partition: start}, max_batch=5000
+            ) as sub:
+                while (sub.position(tp) or start) < end:
                     for record in await sub.getmany(timeout=1.0):
                         read += 1
                         if record.key is None:
@@ -330,17 +357,31 @@ class Table(Generic[K, V]):
                         else:
                             data[key] = self._value_codec.decode(record.value)
                     if self.on_restore is not None:
-                        self.on_restore(self, partition, read, max(read, end - begin))
+                        self.on_restore(self, partition, read, max(read, end - start))
         self._data[partition] = data
         self._positions[partition] = positions
         self._origins[partition] = origins
+        if self._store is not None:
+            self._changelog_next[partition] = max(end, state.changelog_next)
+            self._store.commit({partition: self._changelog_next[partition]})
         log.info(
-            "table %s: partition %d restored, %d keys from %d records",
+            "table %s: partition %d restored from %s, %d records read",
             self.name,
             partition,
-            len(data),
+            "its local store" if self._store is not None and start > begin else "the changelog",
             read,
         )
+
+    def _open_state(self, partition: int) -> PartitionState[K, V]:
+        if self._store is None:
+            return PartitionState({}, {}, {})
+        return self._store.open(partition)
+
+    def close(self) -> None:
+        """Close the local store (the app does this when it stops)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
 
 
 def _positions_in(headers: tuple[tuple[str, bytes], ...]) -> tuple[int, dict[int, int] | None]:
