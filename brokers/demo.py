@@ -1,4 +1,4 @@
-"""``make run``: a page-view pipeline on the partitioned log, with a live summary.
+"""``python -m brokers.demo``: a page-view pipeline on the partitioned log, with a live summary.
 
 Usage::
 
@@ -6,9 +6,10 @@ Usage::
 
 Produces ``N`` page-view events (JSON, keyed by user) to the topic ``pageviews`` (8
 partitions) while the consumer group ``demo`` reads them, committing after every batch, and
-prints throughput and the top users as it goes. On a durable log (``make run`` uses a SQLite
-file in ``data/``) a second run finds what the first one left, and the group resumes from its
-committed positions: nothing is read twice, nothing is skipped.
+prints throughput and the top users as it goes. On a durable log (a ``sqlite://`` file, Kafka,
+NATS) a second run finds what the first one left, and the group resumes from its committed
+positions: nothing is read twice, nothing is skipped. It shows the ``brokers`` layer alone;
+``make run`` runs the main job of the ``streams`` layer.
 
 Example:
     >>> import asyncio
@@ -193,10 +194,7 @@ def _summary(stats: Stats, url: str, records: int) -> None:
             "to resume from the committed positions"
         )
     elif url.startswith("memory:"):
-        print(
-            "memory:// forgets everything at exit; on a sqlite:// file (as make run uses) "
-            "a second run resumes"
-        )
+        print("memory:// forgets everything at exit; on a sqlite:// file a second run resumes")
     else:
         print(f"the group is at the log end; run again on {url} to add more and resume from there")
 

