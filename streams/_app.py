@@ -247,6 +247,7 @@ class App:
         value_type: Any = Any,
         on_restore: RestoreProgress | None = None,
         store: StoreKind = "memory",
+        standby: bool = False,
     ) -> Table[Any, Any]:
         """Declare a table folded by the agents of ``source``, partitioned like it.
 
@@ -263,6 +264,8 @@ class App:
             store: ``"memory"`` (restore replays the changelog) or ``"sqlite"`` (state in a
                 local file under ``state_dir``, larger than memory if need be; a restart
                 replays only the changelog's tail).
+            standby: keep warm copies of the partitions this worker does not own (following
+                the changelog), so taking one over replays only the tail (memory store).
         """
         if name in self.tables:
             raise DeclarationError(f"a table named {name!r} is already declared")
@@ -276,6 +279,7 @@ class App:
             value_type=value_type,
             on_restore=on_restore,
             store=store,
+            standby=standby,
         )
         self.tables[name] = table
         return table
@@ -466,7 +470,7 @@ class App:
             await self._close_broker()
             raise
         self._stop_requested_event = asyncio.Event()
-        if self.agents or self.global_tables:
+        if self.agents or self.global_tables:  # standby followers run with the agents
             self._runner = asyncio.create_task(self._run_agents(), name=f"app {self.name}")
         return self
 
@@ -478,6 +482,11 @@ class App:
                 followers = [
                     tasks.create_task(g.follow(), name=f"global table {g.name}")
                     for g in self.global_tables.values()
+                ]
+                followers += [
+                    tasks.create_task(t.follow_standby(), name=f"standby {t.name}")
+                    for t in self.tables.values()
+                    if isinstance(t, Table) and t.standby and t.store_kind == "memory"
                 ]
                 clocked = [
                     t

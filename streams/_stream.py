@@ -10,10 +10,11 @@ fails inside a batch, participants roll back to the batch start and the batch is
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from brokers import Record, Subscription, TopicPartition
+from brokers import Record, StaleMemberError, Subscription, TopicPartition
 from streams._context import Current
 from streams._context import current as _current
 from streams._errors import DecodeError
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     from streams._topic import Topic
 
 __all__ = ("BatchParticipant", "Stream")
+
+log = logging.getLogger("neuroplex.agents")
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -164,7 +167,13 @@ class Source:
         if self.sub.group is not None:
             owned = {tp: off for tp, off in positions.items() if tp in self.sub.assignment}
             if owned:
-                await self.sub.commit(owned)
+                try:
+                    await self.sub.commit(owned)
+                except StaleMemberError as exc:
+                    # the group rebalanced under this batch: whoever owns these partitions now
+                    # handles its events again from the last commit, and tables skip what they
+                    # already hold; nothing is lost and nothing is counted twice
+                    log.info("batch not committed, the group moved on: %s", exc.reason)
         self._batch, self._index, self._skip, self.current = [], 0, set(), None
         self._mark = 0
 

@@ -64,6 +64,7 @@ class Table(Generic[K, V]):
         value_type: Any = Any,
         on_restore: RestoreProgress | None = None,
         store: StoreKind = "memory",
+        standby: bool = False,
     ) -> None:
         self.app = app
         self.name = name
@@ -91,6 +92,9 @@ class Table(Generic[K, V]):
         self.store_kind: StoreKind = store
         self._store: SqliteStore | None = None
         self._changelog_next: dict[int, int] = {}
+        self.standby = standby
+        self._standby: dict[int, PartitionState[K, V]] = {}  # warm copies of others' partitions
+        self._rewind: dict[int, int] = {}  # warm copies the follower must read again from
 
     def __repr__(self) -> str:
         return f"<Table {self.name} of {self.source.name} holding {sorted(self._data)}>"
@@ -300,6 +304,17 @@ class Table(Generic[K, V]):
     async def on_revoked(self, tps: frozenset[TopicPartition]) -> None:
         for tp in tps:
             if tp.topic == self.source.name:
+                if self.standby and self._store is None and tp.partition in self._data:
+                    p = tp.partition
+                    self._standby[p] = PartitionState(
+                        self._data[p],
+                        self._positions[p],
+                        self._origins[p],
+                        self._changelog_next.get(p, 0),
+                    )
+                    # the follower skipped this partition while it was ours: read it again
+                    # from where the copy ends
+                    self._rewind[p] = self._changelog_next.get(p, 0)
                 self._data.pop(tp.partition, None)
                 self._positions.pop(tp.partition, None)
                 self._origins.pop(tp.partition, None)
@@ -326,8 +341,9 @@ class Table(Generic[K, V]):
         name = self.changelog.name
         end = (await broker.end_offsets(name))[partition]
         begin = (await broker.beginning_offsets(name))[partition]
-        state = self._open_state(partition)
-        start = begin
+        warm = self._standby.pop(partition, None)
+        state = warm if warm is not None and self._store is None else self._open_state(partition)
+        start = max(begin, state.changelog_next) if warm is not None else begin
         if self._store is not None:
             if state.changelog_next > end:  # the changelog was recreated: the file is stale
                 self._store.reset(partition)
@@ -361,16 +377,50 @@ class Table(Generic[K, V]):
         self._data[partition] = data
         self._positions[partition] = positions
         self._origins[partition] = origins
+        self._changelog_next[partition] = max(end, state.changelog_next)
         if self._store is not None:
-            self._changelog_next[partition] = max(end, state.changelog_next)
             self._store.commit({partition: self._changelog_next[partition]})
         log.info(
             "table %s: partition %d restored from %s, %d records read",
             self.name,
             partition,
-            "its local store" if self._store is not None and start > begin else "the changelog",
+            "a warm or local copy" if start > begin else "the changelog",
             read,
         )
+
+    async def follow_standby(self) -> None:
+        """Keep warm copies of the partitions this worker does not own, until cancelled.
+
+        A partition this worker then gains is restored from its warm copy and only the changelog
+        after it: a takeover costs the tail, not the whole partition.
+        """
+        name = self.changelog.name
+        async with self.app.broker.subscribe(name, max_batch=5000) as sub:
+            while True:
+                rewind, self._rewind = self._rewind, {}
+                for p, offset in rewind.items():
+                    sub.seek(TopicPartition(name, p), offset)
+                for record in await sub.getmany(timeout=0.5):
+                    p = record.partition
+                    if p in self._data or p in self._rewind:
+                        continue  # owned here (the owner's state is the truth), or to be reread
+                    warm = self._standby.get(p)
+                    if warm is None:
+                        warm = self._standby[p] = PartitionState({}, {}, {})
+                    warm.changelog_next = record.offset + 1
+                    if record.key is None:
+                        continue
+                    key = self._key_codec.decode(record.key)
+                    position, upstream = _positions_in(record.headers)
+                    if warm.positions.get(key, -1) > position:
+                        continue
+                    warm.positions[key] = position
+                    if upstream is not None:
+                        warm.origins[key] = upstream
+                    if record.value is None:
+                        warm.data.pop(key, None)
+                    else:
+                        warm.data[key] = self._value_codec.decode(record.value)
 
     def _open_state(self, partition: int) -> PartitionState[K, V]:
         if self._store is None:
