@@ -442,6 +442,13 @@ class App:
         return [t for t in self.tables.values() if t.source is topic]
 
     # ------------------------------------------------------------ runtime
+    def use_broker(self, broker: str | Broker) -> None:
+        """Run on ``broker`` (a URL or an open broker) instead: for a module-level app whose
+        broker is chosen at run time (``neuroplex worker --broker``). Only before it starts."""
+        if self._started:
+            raise ResourceStateError(f"app {self.name!r} already started on its broker")
+        self._broker_arg = broker
+
     @property
     def broker(self) -> Broker:
         if self._broker is None:

@@ -66,7 +66,7 @@ def worker(
     """Run the app's agents until SIGTERM/SIGINT, which drains, commits and closes."""
     loaded = load_app(app)
     if broker is not None:
-        loaded._broker_arg = broker
+        loaded.use_broker(broker)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -89,7 +89,7 @@ def top(n: int = 5) -> str:
 
 
 async def main(broker: str, duration: float, rate: float, seed: int) -> int:
-    app._broker_arg = broker
+    app.use_broker(broker)
     async with app:
         # wait for the agent to own (and restore) every partition before counting
         async with asyncio.timeout(60):
