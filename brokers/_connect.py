@@ -33,10 +33,15 @@ _BACKENDS: dict[str, tuple[str, str, type[BrokerSettings], str | None]] = {
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***`` (safe to log and show in errors)."""
     parts = urlsplit(url)
-    if parts.password is None:
+    if "@" not in parts.netloc:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
-    netloc = f"{parts.username}:***@{host}"
+    if parts.password is not None:
+        netloc = f"{parts.username}:***@{host}"
+    elif parts.scheme in ("nats", "tls"):
+        netloc = f"***@{host}"  # nats://TOKEN@host: the user part is the token
+    else:
+        return url
     return parts._replace(netloc=netloc).geturl()
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from brokers._base import BaseSubscription, SubscribeOptions
 from brokers._errors import ConfigurationError, StaleMemberError
@@ -148,6 +149,10 @@ class KafkaSubscription(BaseSubscription):
             kwargs["heartbeat_interval_ms"] = max(
                 1, min(int(settings.heartbeat_interval * 1000), session_ms // 3)
             )
+            # co-partitioned, like our own groups: with equal partition counts the range
+            # assignor gives partition p of every topic to the same member (what tables and
+            # joins over several topics need); aiokafka's default, round-robin, does not
+            kwargs["partition_assignment_strategy"] = (RangePartitionAssignor,)
         with translating(broker.url, group=options.group):
             consumer = AIOKafkaConsumer(**kwargs)
             self._consumer = consumer

@@ -151,6 +151,9 @@ class MemoryBroker(BaseBroker):
     async def _delete_topic(self, name: str) -> None:
         topic = self.log.topic(name)
         del self.log.topics[name]
+        for group in self.log.groups.values():  # a topic made again under the name starts anew
+            for tp in [tp for tp in group.offsets if tp.topic == name]:
+                del group.offsets[tp]
         for part in topic.partitions:
             for waiter in part.waiters:
                 waiter.set()

@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from brokers._errors import NeuroplexError
+
 __all__ = (
     "BACKENDS",
     "BackendUnavailable",
@@ -30,7 +32,7 @@ BACKENDS: tuple[str, ...] = ("memory", "sqlite", "kafka", "nats")
 """Every backend, in the order tests are parametrized."""
 
 
-class BackendUnavailable(Exception):
+class BackendUnavailable(NeuroplexError):
     """A backend could not be provided; the message says why and what would fix it."""
 
 

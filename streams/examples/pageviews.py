@@ -1,6 +1,6 @@
 """The main job: page views counted per user, in 10-second windows and in total.
 
-``python -m streams.examples.pageviews --broker sqlite:///data/neuroplex.db --duration 20``
+``python -m streams.examples.pageviews --broker sqlite://data/neuroplex.db --duration 20``
 
 A generator publishes page-view events; an agent keeps each user's running total in a table
 and per-user counts in 10-second tumbling windows. Every second it prints what happened; at

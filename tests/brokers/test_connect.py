@@ -55,3 +55,13 @@ async def test_unreachable_broker_is_a_typed_error_within_the_timeout(
             pass
     assert info.value.retriable
     assert time.monotonic() - started < 30, "bounded by connect_timeout, never a hang"
+
+
+def test_invalid_settings_are_configuration_errors() -> None:
+    with pytest.raises(ConfigurationError, match="connect_timeout"):
+        KafkaSettings(connect_timeout=-1)
+
+
+def test_nats_tokens_never_show_in_urls() -> None:
+    assert brokers.redact_url("nats://s3cret-token@host:4222") == "nats://***@host:4222"
+    assert brokers.redact_url("kafka://user@host:9092") == "kafka://user@host:9092"
