@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -159,8 +160,10 @@ async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) 
                         await proc.stdout.readline()
                 await asyncio.sleep(rng.random() * 0.3)
             finally:
-                proc.send_signal(signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):  # it may have died by itself
+                    proc.send_signal(signal.SIGKILL)
                 await proc.wait()
+            assert proc.returncode == -signal.SIGKILL, "the worker died by itself"
         # a last worker runs to the end of the input
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
