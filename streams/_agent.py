@@ -8,7 +8,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 
-from brokers import NeuroplexError, Record, TopicPartition
+from brokers import NeuroplexError, Record, Subscription, TopicPartition
 from streams._event import Event
 from streams._stream import EventStream, Source, source_stream
 
@@ -72,10 +72,15 @@ class Agent(Generic[K, V]):
         self.backoff = backoff
         self.sink = sink
         self._is_stream_function = inspect.iscoroutinefunction(fn)
-        self.processed = 0
+        self._members: list[Subscription] = []
 
     def __repr__(self) -> str:
         return f"<Agent {self.name} on {self.topic.name} x{self.concurrency}>"
+
+    @property
+    def assignments(self) -> list[frozenset[TopicPartition]]:
+        """The partitions each of this worker's members of the agent's group holds now."""
+        return [sub.assignment for sub in self._members]
 
     @property
     def group(self) -> str:
@@ -113,6 +118,7 @@ class Agent(Generic[K, V]):
             on_revoked=lambda tps: self._revoked(tps, tables),
         )
         async with sub:
+            self._members.append(sub)
             source = Source(self.topic, sub, dead_letter=app.dead_letter, participants=list(tables))
             app.sources.add(source)
             if app.stopping:
@@ -121,6 +127,7 @@ class Agent(Generic[K, V]):
                 await self._drive(source)
             finally:
                 app.sources.discard(source)
+                self._members.remove(sub)
 
     async def _drive(self, source: Source) -> None:
         """Run the agent's code over the source, applying the error policy to failures."""

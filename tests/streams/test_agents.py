@@ -180,3 +180,34 @@ async def test_declarations_are_checked_and_loop_free() -> None:
     async with app:
         with pytest.raises(EncodeError, match="topic 't'"):
             await t.send("k", "not a number")
+
+
+async def test_dataclass_values_and_concurrency_across_partitions(broker_url: str) -> None:
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Reading:
+        sensor: str
+        celsius: float
+
+    app = make_app(broker_url)
+    readings = app.topic(unique("readings"), value_type=Reading)
+    members: dict[int, set[int]] = defaultdict(set)  # id of the member's stream -> partitions
+    got: list[Reading] = []
+
+    @app.agent(readings, concurrency=2)
+    async def record(stream: EventStream) -> None:
+        async for event in stream:
+            assert isinstance(event.value, Reading)
+            members[id(stream)].add(event.partition)
+            got.append(event.value)
+
+    async with app:
+        agent = app.agents["record"]
+        await wait_for(lambda: len([a for a in agent.assignments if a]) == 2)
+        await readings.send_many([(f"s{i}", Reading(f"s{i}", i / 2)) for i in range(40)])
+        await wait_for(lambda: len(got) == 40)
+    assert sorted(r.celsius for r in got) == [i / 2 for i in range(40)]
+    assert len(members) == 2, "two members of the agent's group ran in this worker"
+    first, second = members.values()
+    assert not first & second, "each partition is read by one member"
