@@ -512,6 +512,22 @@ class BaseSubscription(ABC):
             )
         return self._options.group
 
+    async def _chosen_partitions(self) -> frozenset[TopicPartition]:
+        """Without a group: the partitions ``partitions=`` chose (all by default), checked."""
+        options, broker = self._options, self._broker
+        tps = await broker._all_partitions(options.topics)
+        if options.partitions is None:
+            return tps
+        wanted = set(options.partitions)
+        for topic in options.topics:
+            count = sum(1 for tp in tps if tp.topic == topic)
+            missing = sorted(p for p in wanted if not 0 <= p < count)
+            if missing:
+                raise ConfigurationError(
+                    f"partitions {missing} do not exist in topic {topic!r} (0..{count - 1})"
+                )
+        return frozenset(tp for tp in tps if tp.partition in wanted)
+
     async def _set_assignment(self, new: frozenset[TopicPartition]) -> None:
         """Adopt a new assignment: on_revoked (while still owned), then on_assigned."""
         old = self._assignment

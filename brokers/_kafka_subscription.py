@@ -189,18 +189,7 @@ class KafkaSubscription(BaseSubscription):
     async def _assign_chosen(self) -> None:
         """Without a group: assign the partitions asked for and seek each to its start."""
         options = self._options
-        broker = self._broker
-        tps = await broker._all_partitions(options.topics)
-        if options.partitions is not None:
-            wanted = set(options.partitions)
-            for topic in options.topics:
-                count = sum(1 for tp in tps if tp.topic == topic)
-                missing = sorted(p for p in wanted if not 0 <= p < count)
-                if missing:
-                    raise ConfigurationError(
-                        f"partitions {missing} do not exist in topic {topic!r} (0..{count - 1})"
-                    )
-            tps = frozenset(tp for tp in tps if tp.partition in wanted)
+        tps = await self._chosen_partitions()
         consumer = self._consumer
         consumer.assign([_kafka_tp(tp) for tp in sorted(tps)])
         starts = await self._start_offsets({tp: options.start_for(tp) for tp in tps})

@@ -19,7 +19,6 @@ from operator import attrgetter
 
 from brokers._base import BaseBroker, BaseSubscription, SubscribeOptions, record_size
 from brokers._errors import (
-    ConfigurationError,
     StaleMemberError,
     TopicConflictError,
     UnknownTopicError,
@@ -262,18 +261,7 @@ class MemorySubscription(BaseSubscription):
     async def _start(self) -> None:
         options = self._options
         if options.group is None:
-            tps = await self._broker._all_partitions(options.topics)
-            if options.partitions is not None:
-                wanted = set(options.partitions)
-                for topic in options.topics:
-                    spec = await self._broker.describe_topic(topic)
-                    missing = [p for p in wanted if not 0 <= p < spec.partitions]
-                    if missing:
-                        raise ConfigurationError(
-                            f"partitions {missing} do not exist in topic {topic!r} "
-                            f"(0..{spec.partitions - 1})"
-                        )
-                tps = frozenset(tp for tp in tps if tp.partition in wanted)
+            tps = await self._chosen_partitions()
             await self._assign(tps)
             return
         group = self._log.groups.setdefault(options.group, _Group())

@@ -34,7 +34,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from brokers._base import BaseSubscription, SubscribeOptions
-from brokers._errors import BrokerUnavailableError, ConfigurationError, NeuroplexError
+from brokers._errors import BrokerUnavailableError, NeuroplexError
 from brokers._nats_client import pub
 from brokers._nats_codec import decode_headers
 from brokers._nats_groups import GroupMember
@@ -137,18 +137,7 @@ class NatsSubscription(BaseSubscription):
         self._inbox = client.new_inbox()
         self._sink = await client.subscribe_sink(f"{self._inbox}.*", self._on_message)
         if options.group is None:
-            tps = await broker._all_partitions(options.topics)
-            if options.partitions is not None:
-                wanted = set(options.partitions)
-                for topic in options.topics:
-                    spec = await broker.describe_topic(topic)
-                    missing = sorted(p for p in wanted if not 0 <= p < spec.partitions)
-                    if missing:
-                        raise ConfigurationError(
-                            f"partitions {missing} do not exist in topic {topic!r} "
-                            f"(0..{spec.partitions - 1})"
-                        )
-                tps = frozenset(tp for tp in tps if tp.partition in wanted)
+            tps = await self._chosen_partitions()
             self._add_parts(await self.resolve_starts(tps, {}))
             await self._ensure_consumers()
             await self._set_assignment(tps)

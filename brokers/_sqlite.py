@@ -32,7 +32,6 @@ from brokers import _sqlite_groups as groups
 from brokers import _sqlite_ops as ops
 from brokers._base import BaseBroker, BaseSubscription, SubscribeOptions
 from brokers._errors import (
-    ConfigurationError,
     NeuroplexError,
     UnsupportedURLError,
 )
@@ -290,18 +289,7 @@ class SqliteSubscription(BaseSubscription):
         options, broker = self._options, self._broker
         broker._subscribed.set()
         if options.group is None:
-            tps = await broker._all_partitions(options.topics)
-            if options.partitions is not None:
-                wanted = set(options.partitions)
-                for topic in options.topics:
-                    spec = await broker.describe_topic(topic)
-                    missing = sorted(p for p in wanted if not 0 <= p < spec.partitions)
-                    if missing:
-                        raise ConfigurationError(
-                            f"partitions {missing} do not exist in topic {topic!r} "
-                            f"(0..{spec.partitions - 1})"
-                        )
-                tps = frozenset(tp for tp in tps if tp.partition in wanted)
+            tps = await self._chosen_partitions()
             await self._assign(tps)
             return
         group, member, topics = options.group, self._member, options.topics
