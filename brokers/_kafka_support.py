@@ -21,7 +21,6 @@ import random
 import ssl
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import aiokafka.errors as kafka_errors
 from aiokafka.client import ConnectionGroup
@@ -38,10 +37,10 @@ from brokers._errors import (
     NeuroplexError,
     StaleMemberError,
     UnknownTopicError,
-    UnsupportedURLError,
 )
 from brokers._settings import KafkaSettings
 from brokers._types import Headers, Record
+from brokers._urls import parse_server_url
 
 __all__ = (
     "KafkaTarget",
@@ -68,37 +67,13 @@ class KafkaTarget:
     """
 
     def __init__(self, url: str, settings: KafkaSettings) -> None:
-        scheme, sep, rest = url.partition("://")
-        if not sep or scheme.lower() != "kafka":
-            raise UnsupportedURLError(redact_url(url), "a Kafka URL starts with kafka://")
-        netloc, slash, path = rest.partition("/")
-        if path.strip("/") or "?" in netloc or "#" in netloc:
-            raise UnsupportedURLError(
-                redact_url(url), "a Kafka URL names only servers: kafka://host:port[,host:port]"
-            )
-        del slash
-        username: str | None = None
-        password: str | None = None
-        if "@" in netloc:
-            userinfo, netloc = netloc.rsplit("@", 1)
-            user, has_password, secret = userinfo.partition(":")
-            username = unquote(user) or None
-            password = unquote(secret) if has_password else None
-        servers: list[str] = []
-        for part in netloc.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                parsed = urlsplit(f"//{part}")
-                host, port = parsed.hostname, parsed.port or DEFAULT_PORT
-            except ValueError as exc:
-                raise UnsupportedURLError(redact_url(url), f"invalid server {part!r}") from exc
-            if not host:
-                raise UnsupportedURLError(redact_url(url), f"invalid server {part!r}")
-            servers.append(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        if not servers:
-            raise UnsupportedURLError(redact_url(url), "it names no server (kafka://host:port)")
+        parsed = parse_server_url(
+            url,
+            schemes=("kafka",),
+            default_port=DEFAULT_PORT,
+            example="kafka://host:port[,host:port]",
+        )
+        username, password, servers = parsed.username, parsed.password, list(parsed.servers)
 
         self.url = redact_url(url)
         self.servers = servers

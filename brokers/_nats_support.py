@@ -16,7 +16,6 @@ import re
 import ssl
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import nats.errors
 import nats.js.errors
@@ -29,9 +28,9 @@ from brokers._errors import (
     ConfigurationError,
     NeuroplexError,
     UnknownTopicError,
-    UnsupportedURLError,
 )
 from brokers._settings import NatsSettings
+from brokers._urls import parse_server_url
 
 __all__ = (
     "RECOVERABLE",
@@ -58,42 +57,16 @@ class NatsTarget:
     """
 
     def __init__(self, url: str, settings: NatsSettings) -> None:
-        scheme, sep, rest = url.partition("://")
-        scheme = scheme.lower()
-        if not sep or scheme not in ("nats", "tls"):
-            raise UnsupportedURLError(redact_url(url), "a NATS URL starts with nats:// or tls://")
-        netloc, _, path = rest.partition("/")
-        if path.strip("/") or "?" in netloc or "#" in netloc:
-            raise UnsupportedURLError(
-                redact_url(url), "a NATS URL names only servers: nats://host:port[,host:port]"
-            )
-        user: str | None = None
-        password: str | None = None
-        if "@" in netloc:
-            userinfo, netloc = netloc.rsplit("@", 1)
-            name, has_password, secret = userinfo.partition(":")
-            user = unquote(name) or None
-            password = unquote(secret) if has_password else None
-        servers: list[str] = []
-        for part in netloc.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                parsed = urlsplit(f"//{part}")
-                host, port = parsed.hostname, parsed.port or DEFAULT_PORT
-            except ValueError as exc:
-                raise UnsupportedURLError(redact_url(url), f"invalid server {part!r}") from exc
-            if not host:
-                raise UnsupportedURLError(redact_url(url), f"invalid server {part!r}")
-            address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            servers.append(f"{scheme}://{address}")
-        if not servers:
-            raise UnsupportedURLError(redact_url(url), "it names no server (nats://host:port)")
+        parsed = parse_server_url(
+            url,
+            schemes=("nats", "tls"),
+            default_port=DEFAULT_PORT,
+            example="nats://host:port[,host:port]",
+        )
+        scheme, user, password = parsed.scheme, parsed.username, parsed.password
+        servers = [f"{scheme}://{address}" for address in parsed.servers]
 
-        self.url = redact_url(url)
-        if user is not None and password is None:  # a token in the URL: redact it too
-            self.url = f"{scheme}://***@{netloc}"
+        self.url = redact_url(url)  # a password or a token (nats://TOKEN@host) becomes ***
         self.servers = servers
         self.settings = settings
         self._user: str | None = None
