@@ -250,7 +250,10 @@ class BaseBroker(ABC):
                 f"partition {partition!r} is out of range for topic {spec.name!r}, "
                 f"which has partitions 0..{spec.partitions - 1}"
             )
-        prepared = ProducerRecord(value, key, partition, record.headers)
+        if partition is record.partition and key is record.key and value is record.value:
+            prepared = record  # already checked and placed: no copy
+        else:
+            prepared = ProducerRecord(value, key, partition, record.headers)
         size = record_size(prepared)
         if size > self._settings.max_record_bytes:
             raise RecordTooLargeError(spec.name, size, self._settings.max_record_bytes)
