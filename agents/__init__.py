@@ -1,3 +1,11 @@
-"""agents layer of neuroplex (built in later issues)."""
+"""The built-in agents: distributed primitives folded from the log.
 
-__all__: tuple[str, ...] = ()
+``Memory`` is the key-value memory: versions are log positions, compare-and-swap is decided
+by the fold, TTL runs on event time, every read chooses its consistency, and every key can be
+observed as a reactivex Observable.
+"""
+
+from agents._kv_fold import Change, ChangeOp, Entry
+from agents._memory import CausalContext, Consistency, Memory, WriteResult
+
+__all__ = ("CausalContext", "Change", "ChangeOp", "Consistency", "Entry", "Memory", "WriteResult")

@@ -1,0 +1,662 @@
+"""``agents.Memory``: a key-value memory whose every write is an event on the log.
+
+Each Memory folds the whole namespace topic (every partition, no consumer group), so any process
+reads any key locally; writes are appended to the key's partition and answered with the outcome
+the fold decided (see :mod:`agents._kv_fold`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, Self, TypeAlias
+
+import reactivex
+from pydantic import ValidationError
+from reactivex.scheduler.eventloop import AsyncIOScheduler
+
+import brokers
+from agents._kv_fold import Change, Entry, KVPartition, Outcome
+from agents._kv_ops import (
+    BatchOp,
+    CasOp,
+    DeleteOp,
+    IncrementOp,
+    SetOp,
+    TickOp,
+    decode_op,
+    encode_op,
+)
+from brokers import (
+    Broker,
+    ClosedError,
+    ConfigurationError,
+    ProducerRecord,
+    ResourceStateError,
+    TopicSpec,
+    default_partitioner,
+)
+from operators import ChangeBuffer, OverflowPolicy, feed_observable
+
+__all__ = ("CausalContext", "Consistency", "Memory", "WriteResult")
+
+log = logging.getLogger("neuroplex.memory")
+
+Consistency: TypeAlias = Literal["eventual", "strong", "causal", "monotonic"]
+_MISSING: Any = object()
+_MAX_KEY = 1024
+
+
+@dataclass(slots=True)
+class CausalContext:
+    """Log positions a read must have seen: per partition, the offset of the last write.
+
+    A session carries one (read-your-writes); :meth:`to_dict` / :meth:`from_dict` hand it to
+    another service, whose reads then see everything this one wrote.
+    """
+
+    positions: dict[int, int] = field(default_factory=dict)
+
+    def observe(self, partition: int, offset: int) -> None:
+        if offset > self.positions.get(partition, -1):
+            self.positions[partition] = offset
+
+    def merge(self, other: CausalContext) -> None:
+        for partition, offset in other.positions.items():
+            self.observe(partition, offset)
+
+    def to_dict(self) -> dict[str, int]:
+        return {str(p): o for p, o in self.positions.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, int]) -> CausalContext:
+        return cls({int(p): int(o) for p, o in data.items()})
+
+
+@dataclass(slots=True, frozen=True)
+class WriteResult:
+    """The fold's answer to a write: applied or not, and the key's version and value after.
+
+    A rejected compare-and-swap has ``applied=False`` and the current ``version``/``value``.
+    """
+
+    applied: bool
+    version: int | None
+    value: Any
+    position: brokers.Position
+    reason: str | None = None
+
+
+class Memory:
+    """The KV memory of one namespace.
+
+    Args:
+        broker: a broker URL or an open :class:`brokers.Broker`.
+        namespace: names the topic ``kv.<namespace>`` (letters, digits, ``_``, ``-``).
+        partitions: the topic's partition count when this Memory creates it.
+        consistency: the default read level (``eventual``, ``strong``, ``causal``,
+            ``monotonic``); each read may choose its own.
+        janitor: append expiry ticks when deadlines pass on the wall clock, so keys expire
+            even when nobody writes.
+
+    Example:
+        >>> async with Memory("memory://", namespace="app") as mem:
+        ...     await mem.set("user:1", {"name": "Ann"})
+        ...     await mem.get("user:1", consistency="strong")
+    """
+
+    def __init__(
+        self,
+        broker: str | Broker,
+        *,
+        namespace: str = "default",
+        partitions: int = 8,
+        consistency: Consistency = "eventual",
+        janitor: bool = True,
+    ) -> None:
+        self.topic = brokers.TopicSpec(f"kv.{namespace}", partitions=partitions).name
+        self.namespace = namespace
+        self._broker_arg = broker
+        self._partitions_wanted = partitions
+        self.consistency = _check_level(consistency)
+        self._janitor_on = janitor
+        self._broker: Broker | None = None
+        self._owns_broker = False
+        self._parts: list[KVPartition] = []
+        self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._outcomes: dict[str, asyncio.Future[Outcome]] = {}
+        self._listeners: list[tuple[str | None, Callable[[Change], None]]] = []
+        self._blocking: list[ChangeBuffer[Change]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._state = "new"
+        self._seen = CausalContext()  # the highest positions this Memory has read at
+        self.rejected_records = 0
+
+    # ------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise ResourceStateError("a Memory is opened once: make a new one")
+        arg = self._broker_arg
+        if isinstance(arg, str):
+            self._broker = await brokers.connect(arg).open()
+            self._owns_broker = True
+        else:
+            self._broker = arg
+        spec = await self._broker.create_topic(
+            TopicSpec(self.topic, partitions=self._partitions_wanted)
+        )
+        self._parts = [KVPartition(partition=p) for p in range(spec.partitions)]
+        ends = await self._broker.end_offsets(self.topic)
+        self._state = "open"
+        self._tasks.append(asyncio.create_task(self._fold(), name=f"fold {self.topic}"))
+        if self._janitor_on:
+            self._tasks.append(asyncio.create_task(self._janitor(), name=f"janitor {self.topic}"))
+        await self._reach(ends)  # opened = caught up with what the log held
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for waiters in self._waiters.values():
+            for _, future in waiters:
+                future.cancel()
+        for outcome in self._outcomes.values():
+            outcome.cancel()
+        if self._owns_broker and self._broker is not None:
+            await self._broker.aclose()
+
+    def _check_open(self) -> Broker:
+        if self._state != "open" or self._broker is None:
+            raise (
+                ClosedError(f"memory {self.namespace!r}")
+                if self._state == "closed"
+                else (ResourceStateError("memory not open: use 'async with Memory(...) as mem'"))
+            )
+        return self._broker
+
+    # ------------------------------------------------------------ the fold
+    async def _fold(self) -> None:
+        broker = self._check_open()
+        async with broker.subscribe(self.topic, max_batch=5000) as sub:
+            while True:
+                batch = await sub.getmany(timeout=None)
+                for record in batch:
+                    part = self._parts[record.partition]
+                    try:
+                        op = decode_op(record.value or b"")
+                    except ValidationError as exc:
+                        self.rejected_records += 1  # not an op: skipped, never folded
+                        log.warning(
+                            "kv record %s[%d]@%d is not an op: %s",
+                            record.topic,
+                            record.partition,
+                            record.offset,
+                            exc.errors()[0]["msg"],
+                        )
+                        part.applied = max(part.applied, record.offset)
+                        continue
+                    changes, outcomes = part.apply(record.offset, record.timestamp, op)
+                    for op_id, outcome in outcomes:
+                        future = self._outcomes.pop(op_id, None) if op_id else None
+                        if future is not None and not future.done():
+                            future.set_result(outcome)
+                    for change in changes:
+                        self._dispatch(change)
+                    for blocked in [b for b in self._blocking if b.full]:
+                        await blocked.room()  # a 'block' subscriber is behind: wait for it
+                for partition in {r.partition for r in batch}:
+                    self._wake(partition)
+
+    def _dispatch(self, change: Change) -> None:
+        for pattern, listener in list(self._listeners):
+            if pattern is None or fnmatch.fnmatchcase(change.key, pattern):
+                try:
+                    listener(change)
+                except Exception:  # an observer's bug must not stop the fold
+                    log.exception("observer of %r failed on %r", pattern, change)
+
+    def _wake(self, partition: int) -> None:
+        applied = self._parts[partition].applied
+        waiters = self._waiters.get(partition)
+        if not waiters:
+            return
+        keep = []
+        for offset, future in waiters:
+            if offset <= applied:
+                if not future.done():
+                    future.set_result(None)
+            else:
+                keep.append((offset, future))
+        self._waiters[partition] = keep
+
+    async def _reach(self, positions: Mapping[int, int], *, ends: bool = True) -> None:
+        """Wait until every partition applied its position (an end: one past; else: at)."""
+        loop = asyncio.get_running_loop()
+        for partition, position in positions.items():
+            target = position - 1 if ends else position
+            if target < 0 or self._parts[partition].applied >= target:
+                continue
+            future: asyncio.Future[None] = loop.create_future()
+            self._waiters.setdefault(partition, []).append((target, future))
+            self._wake(partition)
+            await future
+
+    async def _janitor(self) -> None:
+        """Append a tick to partitions whose earliest deadline passed on the wall clock."""
+        broker = self._check_open()
+        while True:
+            now = time.time_ns() // 1_000_000
+            soonest: int | None = None
+            for part in self._parts:
+                deadline = part.next_deadline()
+                if deadline is None:
+                    continue
+                if deadline <= now and part.stream_time < deadline:
+                    await broker.produce(
+                        self.topic, encode_op(TickOp()), key=None, partition=part.partition
+                    )
+                elif soonest is None or deadline < soonest:
+                    soonest = deadline
+            wait = 1.0 if soonest is None else min(1.0, max(0.01, (soonest - now) / 1000))
+            await asyncio.sleep(wait)
+
+    # ------------------------------------------------------------ reads
+    def partition_of(self, key: str) -> int:
+        return default_partitioner(_check_key(key).encode(), len(self._parts))
+
+    async def _level(
+        self, keys: Iterable[str], consistency: Consistency | None, context: CausalContext | None
+    ) -> None:
+        broker = self._check_open()
+        level = _check_level(consistency or self.consistency)
+        partitions = {self.partition_of(k) for k in keys}
+        if level == "strong":
+            ends = await broker.end_offsets(self.topic)
+            await self._reach({p: ends[p] for p in partitions})
+        elif level == "causal":
+            if context is None:
+                raise ConfigurationError("a causal read needs context=: a session's CausalContext")
+            await self._reach(
+                {p: o for p, o in context.positions.items() if p in partitions}, ends=False
+            )
+        elif level == "monotonic":
+            seen = (context or self._seen).positions  # a session's reads, or this Memory's
+            await self._reach({p: o for p, o in seen.items() if p in partitions}, ends=False)
+        for p in partitions:
+            self._seen.observe(p, self._parts[p].applied)
+        if context is not None:
+            for p in partitions:
+                context.observe(p, self._parts[p].applied)
+
+    def _entry(self, key: str) -> Entry | None:
+        return self._parts[self.partition_of(key)].get(key)
+
+    async def get(
+        self,
+        key: str,
+        default: Any = None,
+        *,
+        consistency: Consistency | None = None,
+        context: CausalContext | None = None,
+    ) -> Any:
+        """The value of ``key`` (``default`` if absent or expired) at the chosen consistency."""
+        await self._level([key], consistency, context)
+        entry = self._entry(key)
+        return default if entry is None else entry.value
+
+    async def get_entry(
+        self,
+        key: str,
+        *,
+        consistency: Consistency | None = None,
+        context: CausalContext | None = None,
+    ) -> Entry | None:
+        """The value with its version (the log offset that last changed it) and deadline."""
+        await self._level([key], consistency, context)
+        return self._entry(key)
+
+    async def exists(
+        self,
+        key: str,
+        *,
+        consistency: Consistency | None = None,
+        context: CausalContext | None = None,
+    ) -> bool:
+        await self._level([key], consistency, context)
+        return self._entry(key) is not None
+
+    async def multi_get(
+        self,
+        keys: Iterable[str],
+        *,
+        consistency: Consistency | None = None,
+        context: CausalContext | None = None,
+    ) -> dict[str, Any]:
+        """The values of the keys that exist."""
+        keys = list(keys)
+        await self._level(keys, consistency, context)
+        found = {k: self._entry(k) for k in keys}
+        return {k: e.value for k, e in found.items() if e is not None}
+
+    async def scan(
+        self,
+        pattern: str = "*",
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        consistency: Consistency | None = None,
+    ) -> list[str]:
+        """Keys matching a glob pattern (``user:*``), sorted, paged by ``offset``/``limit``."""
+        if consistency == "strong":
+            broker = self._check_open()
+            await self._reach(await broker.end_offsets(self.topic))
+        keys = sorted(
+            k
+            for part in self._parts
+            for k in part.entries
+            if fnmatch.fnmatchcase(k, pattern) and part.get(k) is not None
+        )
+        return keys[offset:] if limit is None else keys[offset : offset + limit]
+
+    # ------------------------------------------------------------ writes
+    async def _write(
+        self,
+        op: SetOp | DeleteOp | CasOp | IncrementOp,
+        *,
+        wait: bool,
+        context: CausalContext | None,
+    ) -> WriteResult:
+        broker = self._check_open()
+        op_id = uuid.uuid4().hex
+        op = op.model_copy(update={"id": op_id})
+        try:
+            data = encode_op(op)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(
+                f"value {getattr(op, 'value', None)!r} for key {op.key!r} is not JSON: {exc}"
+            ) from exc
+        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        if wait:
+            self._outcomes[op_id] = future
+        try:
+            position = await broker.produce(self.topic, data, key=op.key.encode())
+        except BaseException:
+            self._outcomes.pop(op_id, None)
+            raise
+        if context is not None:
+            context.observe(position.partition, position.offset)
+        if not wait:
+            return WriteResult(True, None, None, position, "not waited for")
+        outcome = await future
+        return WriteResult(
+            outcome.applied, outcome.version, outcome.value, position, outcome.reason
+        )
+
+    async def set(
+        self,
+        key: str,
+        value: Any,
+        *,
+        ttl: float | None = None,
+        wait: bool = True,
+        context: CausalContext | None = None,
+    ) -> WriteResult:
+        """Set ``key``; with ``ttl`` seconds it expires that long after the write (event time)."""
+        return await self._write(
+            SetOp(key=_check_key(key), value=_check_value(key, value), ttl_ms=_ttl(ttl)),
+            wait=wait,
+            context=context,
+        )
+
+    async def delete(
+        self, key: str, *, wait: bool = True, context: CausalContext | None = None
+    ) -> WriteResult:
+        return await self._write(DeleteOp(key=_check_key(key)), wait=wait, context=context)
+
+    async def compare_and_swap(
+        self,
+        key: str,
+        value: Any,
+        *,
+        expected_version: int | None = _MISSING,
+        expected_value: Any = _MISSING,
+        ttl: float | None = None,
+        context: CausalContext | None = None,
+    ) -> WriteResult:
+        """Set ``key`` only if it is still as the caller saw it; the fold decides.
+
+        Pass ``expected_version`` (the version read, or ``None`` for "must be absent") or
+        ``expected_value``. Of many writers racing from one version exactly one wins; the others
+        get ``applied=False`` with the current version and value, to read again and retry.
+        """
+        if (expected_version is _MISSING) == (expected_value is _MISSING):
+            raise ConfigurationError("pass exactly one of expected_version= or expected_value=")
+        if expected_value is not _MISSING:
+            expect, version, wanted = "value", None, _check_value(key, expected_value)
+        elif expected_version is None:
+            expect, version, wanted = "absent", None, None
+        else:
+            expect, version, wanted = "version", expected_version, None
+        op = CasOp(
+            key=_check_key(key),
+            value=_check_value(key, value),
+            expect=expect,  # type: ignore[arg-type]  # one of the three literals above
+            expected_version=version,
+            expected_value=wanted,
+            ttl_ms=_ttl(ttl),
+        )
+        return await self._write(op, wait=True, context=context)
+
+    async def increment(
+        self, key: str, delta: int | float = 1, *, context: CausalContext | None = None
+    ) -> WriteResult:
+        """Add ``delta`` (absent counts as 0); the result's ``value`` is the new number."""
+        if not isinstance(delta, int | float) or isinstance(delta, bool):
+            raise ConfigurationError(f"delta {delta!r} must be a number")
+        return await self._write(
+            IncrementOp(key=_check_key(key), delta=delta), wait=True, context=context
+        )
+
+    async def decrement(
+        self, key: str, delta: int | float = 1, *, context: CausalContext | None = None
+    ) -> WriteResult:
+        return await self.increment(key, -delta, context=context)
+
+    async def multi_set(
+        self, items: Mapping[str, Any], *, ttl: float | None = None
+    ) -> list[WriteResult]:
+        """Set many keys: one atomic record per partition (the keys of a partition together)."""
+        return await self._batch(
+            [
+                SetOp(key=_check_key(k), value=_check_value(k, v), ttl_ms=_ttl(ttl))
+                for k, v in items.items()
+            ]
+        )
+
+    async def multi_delete(self, keys: Iterable[str]) -> list[WriteResult]:
+        return await self._batch([DeleteOp(key=_check_key(k)) for k in keys])
+
+    async def _batch(self, ops: list[SetOp | DeleteOp | CasOp | IncrementOp]) -> list[WriteResult]:
+        broker = self._check_open()
+        by_partition: dict[int, list[SetOp | DeleteOp | CasOp | IncrementOp]] = {}
+        ids: list[str] = []
+        for op in ops:
+            op_id = uuid.uuid4().hex
+            ids.append(op_id)
+            by_partition.setdefault(self.partition_of(op.key), []).append(
+                op.model_copy(update={"id": op_id})
+            )
+        loop = asyncio.get_running_loop()
+        futures = {op_id: loop.create_future() for op_id in ids}
+        self._outcomes.update(futures)
+        records = [
+            ProducerRecord(encode_op(BatchOp(ops=group)), None, partition)
+            for partition, group in by_partition.items()
+        ]
+        positions = await broker.produce_batch(self.topic, records)
+        where = {
+            op.id: pos
+            for pos, group in zip(positions, by_partition.values(), strict=True)
+            for op in group
+        }
+        results = []
+        for op_id in ids:
+            outcome = await futures[op_id]
+            results.append(
+                WriteResult(
+                    outcome.applied, outcome.version, outcome.value, where[op_id], outcome.reason
+                )
+            )
+        return results
+
+    # ------------------------------------------------------------ observing
+    def listen(self, pattern: str | None, listener: Callable[[Change], None]) -> Callable[[], None]:
+        """Call ``listener`` with every change of keys matching ``pattern`` (all: ``None``),
+        in log order per partition. Returns the function that stops it."""
+        entry = (pattern, listener)
+        self._listeners.append(entry)
+
+        def stop() -> None:
+            with contextlib.suppress(ValueError):
+                self._listeners.remove(entry)
+
+        return stop
+
+    def observe(self, key: str) -> reactivex.Observable[Change]:
+        """The key's current state (op ``current``), then every change: no gap, no duplicate.
+
+        A reactivex Observable: every operator works on it. Time-based operators need the
+        asyncio scheduler, :attr:`scheduler`.
+        """
+        _check_key(key)
+        return feed_observable(
+            lambda on_next: self.listen(None, _only(key, on_next)),
+            lambda: [self.current(key)],
+        )
+
+    def observe_pattern(self, pattern: str) -> reactivex.Observable[Change]:
+        """The current state of every key matching the glob ``pattern``, then their changes."""
+        return feed_observable(
+            lambda on_next: self.listen(pattern, on_next),
+            lambda: [self.current(k) for k in self._matching(pattern)],
+        )
+
+    @property
+    def scheduler(self) -> AsyncIOScheduler:
+        """The asyncio scheduler for time-based operators (``debounce``, ``throttle`` ...)."""
+        return AsyncIOScheduler(asyncio.get_running_loop())
+
+    def subscribe(
+        self, pattern: str = "*", *, buffer: int = 1000, overflow: OverflowPolicy = "drop_oldest"
+    ) -> ChangeBuffer[Change]:
+        """Changes of keys matching ``pattern`` as an async iterator with a bounded buffer.
+
+        ``overflow`` says what happens when the reader falls ``buffer`` changes behind:
+        ``drop_oldest``, ``error`` (:class:`operators.BufferOverflowError`), or ``block`` (this
+        Memory's fold waits for the reader). ``close()`` ends the iteration.
+        """
+        try:
+            changes: ChangeBuffer[Change] = ChangeBuffer(buffer, overflow)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        stop = self.listen(pattern, changes.push)
+        if overflow == "block":
+            self._blocking.append(changes)
+        original_close = changes.close
+
+        def close() -> None:
+            stop()
+            if changes in self._blocking:
+                self._blocking.remove(changes)
+            original_close()
+
+        changes.close = close  # type: ignore[method-assign]  # unregister on close
+        return changes
+
+    def _matching(self, pattern: str) -> list[str]:
+        return sorted(
+            k
+            for part in self._parts
+            for k in part.entries
+            if fnmatch.fnmatchcase(k, pattern) and part.get(k) is not None
+        )
+
+    def current(self, key: str) -> Change:
+        """The key's state now, as a change with op ``current`` (``new`` None if absent)."""
+        part = self._parts[self.partition_of(key)]
+        entry = part.get(key)
+        return Change(
+            key,
+            None,
+            None if entry is None else entry.value,
+            -1 if entry is None else entry.version,
+            "current",
+            part.stream_time,
+            part.partition,
+        )
+
+
+def _only(key: str, on_next: Callable[[Change], None]) -> Callable[[Change], None]:
+    def listener(change: Change) -> None:
+        if change.key == key:
+            on_next(change)
+
+    return listener
+
+
+def _check_level(level: str) -> Consistency:
+    if level not in ("eventual", "strong", "causal", "monotonic"):
+        raise ConfigurationError(
+            f"consistency {level!r}: use 'eventual', 'strong', 'causal' or 'monotonic'"
+        )
+    return level  # type: ignore[return-value]  # checked just above
+
+
+def _check_key(key: object) -> str:
+    if not isinstance(key, str) or not key or len(key) > _MAX_KEY:
+        raise ConfigurationError(
+            f"invalid key {key!r}: keys are non-empty strings of at most {_MAX_KEY} characters"
+        )
+    if any(c < " " for c in key):
+        raise ConfigurationError(f"invalid key {key!r}: control characters are not allowed")
+    return key
+
+
+def _check_value(key: str, value: Any) -> Any:
+    try:
+        brokers.json.dumps(value)
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"value {value!r} for key {key!r} is not JSON-serializable: {exc}. Store dicts, "
+            "lists, strings, numbers, booleans or None (or a pydantic model's model_dump())"
+        ) from exc
+    return value
+
+
+def _ttl(ttl: float | None) -> int | None:
+    if ttl is None:
+        return None
+    if ttl <= 0:
+        raise ConfigurationError(f"ttl must be positive seconds, got {ttl}")
+    return max(1, round(ttl * 1000))

@@ -1,0 +1,203 @@
+"""agents.Memory on every backend: versions, CAS, TTL, consistency levels, observers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import reactivex.operators as rx
+
+import brokers
+from agents import CausalContext, Change, Memory
+from brokers import ConfigurationError
+from operators import BufferOverflowError
+from tests.brokers.conftest import unique
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def memory(log: brokers.Broker, namespace: str, **kw: object) -> Memory:
+    return Memory(log, namespace=namespace, partitions=2, **kw)  # type: ignore[arg-type]
+
+
+async def test_set_get_delete_and_versions_are_log_positions(broker: brokers.Broker) -> None:
+    async with memory(broker, unique("kv")) as mem:
+        written = await mem.set("user:1", {"name": "Ann"})
+        assert written.applied
+        assert written.version == written.position.offset
+        entry = await mem.get_entry("user:1")
+        assert entry is not None
+        assert (entry.value, entry.version) == ({"name": "Ann"}, written.position.offset)
+        assert await mem.exists("user:1")
+        await mem.multi_set({"user:2": 2, "user:3": 3})
+        assert await mem.multi_get(["user:1", "user:2", "nobody"]) == {
+            "user:1": {"name": "Ann"},
+            "user:2": 2,
+        }
+        assert await mem.scan("user:*", limit=2, offset=1) == ["user:2", "user:3"]
+        gone = await mem.delete("user:1")
+        assert gone.applied
+        assert await mem.get("user:1", "absent") == "absent"
+        assert not (await mem.delete("user:1")).applied
+        await mem.multi_delete(["user:2", "user:3"])
+        assert await mem.scan("user:*") == []
+
+
+async def test_compare_and_swap_and_increments(broker: brokers.Broker) -> None:
+    async with memory(broker, unique("kv")) as mem:
+        first = await mem.compare_and_swap("lock", "a", expected_version=None)  # must be absent
+        assert first.applied
+        again = await mem.compare_and_swap("lock", "b", expected_version=None)
+        assert not again.applied
+        assert again.version == first.version
+        assert again.value == "a"
+        moved = await mem.compare_and_swap("lock", "c", expected_version=first.version)
+        assert moved.applied
+        stale = await mem.compare_and_swap("lock", "d", expected_version=first.version)
+        assert not stale.applied
+        assert stale.version == moved.version
+        by_value = await mem.compare_and_swap("lock", "e", expected_value="c")
+        assert by_value.applied
+        assert (await mem.increment("hits", 5)).value == 5
+        assert (await mem.decrement("hits", 2)).value == 3
+        await mem.set("name", "Ann")
+        refused = await mem.increment("name")
+        assert not refused.applied
+        assert refused.reason == "not a number"
+
+
+@pytest.mark.backends("sqlite", "kafka", "nats")  # memory:// is one process: no race of processes
+async def test_racing_processes_exactly_one_wins_per_version(broker_url: str) -> None:
+    namespace = unique("race")
+    async with Memory(broker_url, namespace=namespace, partitions=2, janitor=False) as mem:
+        version = (await mem.set("leader", "nobody")).version
+        assert version is not None
+        racers = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.agents._cas_child",
+                broker_url,
+                namespace,
+                f"racer-{i}",
+                str(version),
+                cwd=ROOT,
+                stdout=asyncio.subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+            for i in range(3)
+        ]
+        outputs = [(await r.communicate())[0].decode().strip() for r in racers]
+        assert sorted(o.split()[0] for o in outputs) == ["lost", "lost", "won"], outputs
+        winner = await mem.get_entry("leader", consistency="strong")
+        assert winner is not None
+        assert all(o == f"lost {winner.version}" for o in outputs if o != "won")
+
+
+async def test_ttl_runs_on_event_time_and_expiry_is_a_change(broker: brokers.Broker) -> None:
+    async with memory(broker, unique("kv")) as mem:
+        changes: list[Change] = []
+        mem.observe("session").subscribe(changes.append)
+        await mem.set("session", "token", ttl=0.3)
+        await mem.set("keep", 1)
+        async with asyncio.timeout(30):
+            while await mem.get("session") is not None:  # noqa: ASYNC110 - the janitor's tick
+                await asyncio.sleep(0.05)
+        assert await mem.get("keep") == 1
+        async with asyncio.timeout(10):
+            while changes[-1].op != "expire":  # noqa: ASYNC110 - fed by the fold
+                await asyncio.sleep(0.05)
+        assert [c.op for c in changes] == ["current", "set", "expire"]
+        assert changes[-1].old == "token"
+
+
+async def test_strong_read_sees_what_the_log_held_at_the_call(broker: brokers.Broker) -> None:
+    namespace = unique("kv")
+    async with memory(broker, namespace, janitor=False) as reader:
+        # another service appends straight to the log; the reader's view has not folded it yet
+        await broker.produce(f"kv.{namespace}", b'{"op":"set","key":"k","value":42}', key=b"k")
+        assert await reader.get("k", consistency="strong") == 42
+
+
+async def test_causal_context_carries_writes_to_another_reader(broker: brokers.Broker) -> None:
+    namespace = unique("kv")
+    async with memory(broker, namespace) as writer, memory(broker, namespace) as reader:
+        session = CausalContext()
+        await writer.set("cart", ["apple"], context=session, wait=False)
+        handed = CausalContext.from_dict(session.to_dict())  # e.g. in an HTTP header
+        assert await reader.get("cart", consistency="causal", context=handed) == ["apple"]
+        with pytest.raises(ConfigurationError, match="context"):
+            await reader.get("cart", consistency="causal")
+
+
+async def test_monotonic_reads_never_go_back_across_readers(broker: brokers.Broker) -> None:
+    namespace = unique("kv")
+    async with memory(broker, namespace) as a, memory(broker, namespace) as b:
+        session = CausalContext()
+        await a.set("v", 1)
+        await a.set("v", 2)
+        assert await a.get("v", consistency="strong", context=session) == 2
+        assert await b.get("v", consistency="monotonic", context=session) == 2
+
+
+async def test_observe_emits_current_then_every_change_in_order(broker: brokers.Broker) -> None:
+    async with memory(broker, unique("kv")) as mem:
+        await mem.set("n", 0)
+        seen: list[object] = []
+        evens: list[object] = []
+        observable = mem.observe("n")
+        observable.subscribe(lambda c: seen.append(c.new))
+
+        def new_value(change: Change) -> int:
+            return int(change.new)
+
+        def even(value: int) -> bool:
+            return value % 2 == 0
+
+        observable.pipe(rx.map(new_value), rx.filter(even)).subscribe(evens.append)
+        for _ in range(30):
+            await mem.increment("n")
+        assert seen == list(range(31)), "no gap, no duplicate, in order"
+        assert evens == list(range(0, 31, 2))
+        pattern: list[str] = []
+        mem.observe_pattern("user:*").subscribe(lambda c: pattern.append(f"{c.op} {c.key}"))
+        await mem.set("user:1", 1)
+        await mem.set("other", 1)
+        assert pattern == ["set user:1"]
+
+
+async def test_subscribe_is_bounded_with_a_named_overflow_policy(broker: brokers.Broker) -> None:
+    async with memory(broker, unique("kv")) as mem:
+        lossy = mem.subscribe("k*", buffer=3, overflow="drop_oldest")
+        strict = mem.subscribe("k*", buffer=3, overflow="error")
+        for i in range(5):
+            await mem.set(f"k{i}", i)
+        got = [(await anext(lossy)).new for _ in range(3)]
+        assert got == [2, 3, 4]
+        assert lossy.dropped == 2
+        with pytest.raises(BufferOverflowError, match="3 changes behind"):
+            async for _ in strict:
+                pass
+        lossy.close()
+        strict.close()
+
+
+async def test_bad_input_is_refused_at_the_edge(broker: brokers.Broker) -> None:
+    namespace = unique("kv")
+    async with memory(broker, namespace) as mem:
+        with pytest.raises(ConfigurationError, match="invalid key"):
+            await mem.set("", 1)
+        with pytest.raises(ConfigurationError, match="not JSON-serializable"):
+            await mem.set("k", object())
+        with pytest.raises(ConfigurationError, match="exactly one"):
+            await mem.compare_and_swap("k", 1)
+        with pytest.raises(ConfigurationError, match="consistency"):
+            await mem.get("k", consistency="linearish")  # type: ignore[arg-type]
+        # a record that is not an op (another service's bug) is skipped, never folded
+        await broker.produce(f"kv.{namespace}", b"garbage", key=b"k")
+        await mem.set("k", "fine")
+        assert await mem.get("k", consistency="strong") == "fine"
+        assert mem.rejected_records == 1
