@@ -5,7 +5,18 @@ by the fold, TTL runs on event time, every read chooses its consistency, and eve
 observed as a reactivex Observable.
 """
 
+from agents._kv_batch import Batch, BatchResult
 from agents._kv_fold import Change, ChangeOp, Entry
 from agents._memory import CausalContext, Consistency, Memory, WriteResult
 
-__all__ = ("CausalContext", "Change", "ChangeOp", "Consistency", "Entry", "Memory", "WriteResult")
+__all__ = (
+    "Batch",
+    "BatchResult",
+    "CausalContext",
+    "Change",
+    "ChangeOp",
+    "Consistency",
+    "Entry",
+    "Memory",
+    "WriteResult",
+)

@@ -13,7 +13,7 @@ import fnmatch
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 import brokers
+from agents._kv_batch import Batch, BatchResult, summarize
 from agents._kv_fold import Change, Entry, KVPartition, Outcome
 from agents._kv_ops import (
     BatchOp,
@@ -413,6 +414,44 @@ class Memory:
             outcome.applied, outcome.version, outcome.value, position, outcome.reason
         )
 
+    # ops, checked at the edge (shared with Batch)
+    def _set_op(self, key: str, value: Any, ttl: float | None) -> SetOp:
+        return SetOp(key=_check_key(key), value=_check_value(key, value), ttl_ms=_ttl(ttl))
+
+    def _delete_op(self, key: str) -> DeleteOp:
+        return DeleteOp(key=_check_key(key))
+
+    def _increment_op(self, key: str, delta: int | float) -> IncrementOp:
+        if not isinstance(delta, int | float) or isinstance(delta, bool):
+            raise ConfigurationError(f"delta {delta!r} must be a number")
+        return IncrementOp(key=_check_key(key), delta=delta)
+
+    def _cas_op(
+        self,
+        key: str,
+        value: Any,
+        *,
+        expected_version: int | None = _MISSING,
+        expected_value: Any = _MISSING,
+        ttl: float | None = None,
+    ) -> CasOp:
+        if (expected_version is _MISSING) == (expected_value is _MISSING):
+            raise ConfigurationError("pass exactly one of expected_version= or expected_value=")
+        if expected_value is not _MISSING:
+            expect, version, wanted = "value", None, _check_value(key, expected_value)
+        elif expected_version is None:
+            expect, version, wanted = "absent", None, None
+        else:
+            expect, version, wanted = "version", expected_version, None
+        return CasOp(
+            key=_check_key(key),
+            value=_check_value(key, value),
+            expect=expect,  # type: ignore[arg-type]  # one of the three literals above
+            expected_version=version,
+            expected_value=wanted,
+            ttl_ms=_ttl(ttl),
+        )
+
     async def set(
         self,
         key: str,
@@ -423,16 +462,12 @@ class Memory:
         context: CausalContext | None = None,
     ) -> WriteResult:
         """Set ``key``; with ``ttl`` seconds it expires that long after the write (event time)."""
-        return await self._write(
-            SetOp(key=_check_key(key), value=_check_value(key, value), ttl_ms=_ttl(ttl)),
-            wait=wait,
-            context=context,
-        )
+        return await self._write(self._set_op(key, value, ttl), wait=wait, context=context)
 
     async def delete(
         self, key: str, *, wait: bool = True, context: CausalContext | None = None
     ) -> WriteResult:
-        return await self._write(DeleteOp(key=_check_key(key)), wait=wait, context=context)
+        return await self._write(self._delete_op(key), wait=wait, context=context)
 
     async def compare_and_swap(
         self,
@@ -450,21 +485,8 @@ class Memory:
         ``expected_value``. Of many writers racing from one version exactly one wins; the others
         get ``applied=False`` with the current version and value, to read again and retry.
         """
-        if (expected_version is _MISSING) == (expected_value is _MISSING):
-            raise ConfigurationError("pass exactly one of expected_version= or expected_value=")
-        if expected_value is not _MISSING:
-            expect, version, wanted = "value", None, _check_value(key, expected_value)
-        elif expected_version is None:
-            expect, version, wanted = "absent", None, None
-        else:
-            expect, version, wanted = "version", expected_version, None
-        op = CasOp(
-            key=_check_key(key),
-            value=_check_value(key, value),
-            expect=expect,  # type: ignore[arg-type]  # one of the three literals above
-            expected_version=version,
-            expected_value=wanted,
-            ttl_ms=_ttl(ttl),
+        op = self._cas_op(
+            key, value, expected_version=expected_version, expected_value=expected_value, ttl=ttl
         )
         return await self._write(op, wait=True, context=context)
 
@@ -472,11 +494,7 @@ class Memory:
         self, key: str, delta: int | float = 1, *, context: CausalContext | None = None
     ) -> WriteResult:
         """Add ``delta`` (absent counts as 0); the result's ``value`` is the new number."""
-        if not isinstance(delta, int | float) or isinstance(delta, bool):
-            raise ConfigurationError(f"delta {delta!r} must be a number")
-        return await self._write(
-            IncrementOp(key=_check_key(key), delta=delta), wait=True, context=context
-        )
+        return await self._write(self._increment_op(key, delta), wait=True, context=context)
 
     async def decrement(
         self, key: str, delta: int | float = 1, *, context: CausalContext | None = None
@@ -487,15 +505,115 @@ class Memory:
         self, items: Mapping[str, Any], *, ttl: float | None = None
     ) -> list[WriteResult]:
         """Set many keys: one atomic record per partition (the keys of a partition together)."""
-        return await self._batch(
-            [
-                SetOp(key=_check_key(k), value=_check_value(k, v), ttl_ms=_ttl(ttl))
-                for k, v in items.items()
-            ]
-        )
+        return await self._batch([self._set_op(k, v, ttl) for k, v in items.items()])
 
     async def multi_delete(self, keys: Iterable[str]) -> list[WriteResult]:
-        return await self._batch([DeleteOp(key=_check_key(k)) for k in keys])
+        return await self._batch([self._delete_op(k) for k in keys])
+
+    def create_batch(self) -> Batch:
+        """A builder: ``mem.create_batch().set(...).increment(...).delete(...)``."""
+        return Batch(self)
+
+    async def execute_batch(self, batch: Batch) -> BatchResult:
+        """Apply a batch: the ops of a partition atomically, at one log position, in order."""
+        started = time.perf_counter()
+        results = await self._batch(list(batch.ops)) if batch.ops else []
+        return summarize(results, started)
+
+    async def bulk_set(
+        self,
+        items: Iterable[tuple[str, Any]] | Mapping[str, Any],
+        *,
+        chunk: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Set many keys, ``chunk`` at a time; ``progress(done)`` after each chunk. Returns done."""
+        pairs = items.items() if isinstance(items, Mapping) else items
+        return await self._bulk((self._set_op(k, v, None) for k, v in pairs), chunk, progress)
+
+    async def bulk_delete(
+        self,
+        keys: Iterable[str],
+        *,
+        chunk: int = 1000,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Delete many keys, ``chunk`` at a time, reporting progress like :meth:`bulk_set`."""
+        return await self._bulk((self._delete_op(k) for k in keys), chunk, progress)
+
+    async def _bulk(
+        self,
+        ops: Iterable[SetOp | DeleteOp],
+        chunk: int,
+        progress: Callable[[int], None] | None,
+    ) -> int:
+        done = 0
+        pending: list[SetOp | DeleteOp | CasOp | IncrementOp] = []
+        for op in ops:
+            pending.append(op)
+            if len(pending) >= chunk:
+                done += len(await self._batch(pending))
+                pending = []
+                if progress is not None:
+                    progress(done)
+        if pending:
+            done += len(await self._batch(pending))
+            if progress is not None:
+                progress(done)
+        return done
+
+    async def export(
+        self, pattern: str = "*", *, consistency: Consistency | None = "strong"
+    ) -> AsyncGenerator[tuple[str, Any], None]:
+        """``(key, value)`` of every key matching ``pattern`` (strong by default), in key order;
+        :meth:`bulk_set` imports them (into another namespace or deployment)."""
+        if consistency == "strong":
+            broker = self._check_open()
+            await self._reach(await broker.end_offsets(self.topic))
+        for key in self._matching(pattern):
+            entry = self._entry(key)
+            if entry is not None:
+                yield key, entry.value
+            await asyncio.sleep(0)  # a big export lets the fold and others run
+
+    async def stream_changes(
+        self, *, since: Mapping[int, int] | None = None
+    ) -> AsyncGenerator[Change, None]:
+        """Every change, replayed from the log: those at or after ``since`` (per partition, an
+        offset; all of history by default) up to now, then live ones. A private fold re-reads
+        the log from its start, so old values are exact."""
+        broker = self._check_open()
+        parts = [KVPartition(partition=p) for p in range(len(self._parts))]
+        start = dict(since or {})
+        async with broker.subscribe(self.topic, max_batch=5000) as sub:
+            while True:
+                for record in await sub.getmany(timeout=None):
+                    try:
+                        op = decode_op(record.value or b"")
+                    except ValidationError:
+                        continue
+                    changes, _ = parts[record.partition].apply(record.offset, record.timestamp, op)
+                    if record.offset >= start.get(record.partition, -1):
+                        for change in changes:
+                            yield change
+
+    # ------------------------------------------------------------ events API
+    def on(self, key: str, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Call ``callback`` on every change of ``key``; returns what :meth:`off` takes."""
+        return self.listen(None, _only(_check_key(key), callback))
+
+    def on_pattern(self, pattern: str, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Call ``callback`` on every change of keys matching the glob ``pattern``."""
+        return self.listen(pattern, callback)
+
+    def off(self, handle: Callable[[], None]) -> None:
+        """Stop a callback registered with :meth:`on` / :meth:`on_pattern`."""
+        handle()
+
+    async def emit(self, key: str, value: Any) -> WriteResult:
+        """Announce ``value`` under ``key`` through the log: its observers get it as a ``set``,
+        in log order with every other change of the key."""
+        return await self.set(key, value)
 
     async def _batch(self, ops: list[SetOp | DeleteOp | CasOp | IncrementOp]) -> list[WriteResult]:
         broker = self._check_open()

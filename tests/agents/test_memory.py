@@ -201,3 +201,49 @@ async def test_bad_input_is_refused_at_the_edge(broker: brokers.Broker) -> None:
         await mem.set("k", "fine")
         assert await mem.get("k", consistency="strong") == "fine"
         assert mem.rejected_records == 1
+
+
+async def test_batches_bulk_export_and_import(broker: brokers.Broker) -> None:
+    async with memory(broker, unique("kv")) as mem:
+        batch = mem.create_batch().set("a", 1).increment("n", 5).set("b", 2).delete("missing")
+        assert len(batch) == 4
+        result = await mem.execute_batch(batch)
+        assert (result.applied, result.rejected) == (3, 1)
+        assert "absent" in result.errors[0]
+        assert result.duration >= 0
+        seen: list[int] = []
+        assert (
+            await mem.bulk_set({f"item:{i}": i for i in range(25)}, chunk=10, progress=seen.append)
+            == 25
+        )
+        assert seen == [10, 20, 25]
+        exported = [kv async for kv in mem.export("item:*")]
+        assert len(exported) == 25
+        async with memory(broker, unique("kv")) as copy:
+            assert await copy.bulk_set(exported) == 25
+            assert await copy.get("item:7", consistency="strong") == 7
+        assert await mem.bulk_delete([k for k, _ in exported]) == 25
+        assert await mem.scan("item:*") == []
+
+
+async def test_stream_changes_replays_history_with_exact_old_values(broker: brokers.Broker) -> None:
+    async with memory(broker, unique("kv")) as mem:
+        first = await mem.set("k", 1)
+        await mem.increment("k", 2)
+        await mem.set("k", 10)
+        replay = mem.stream_changes(since={first.position.partition: first.position.offset + 1})
+        got = [await anext(replay) for _ in range(2)]
+        await replay.aclose()
+    assert [(c.op, c.old, c.new) for c in got] == [("increment", 1, 3), ("set", 3, 10)]
+
+
+async def test_events_api(broker: brokers.Broker) -> None:
+    async with memory(broker, unique("kv")) as mem:
+        heard: list[str] = []
+        handle = mem.on("door", lambda c: heard.append(f"door {c.new}"))
+        mem.on_pattern("alarm:*", lambda c: heard.append(f"{c.key} {c.new}"))
+        await mem.emit("door", "open")
+        await mem.emit("alarm:1", "ring")
+        mem.off(handle)
+        await mem.emit("door", "closed")
+        assert heard == ["door open", "alarm:1 ring"]
