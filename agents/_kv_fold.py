@@ -158,6 +158,10 @@ class KVPartition:
                 )
         return changes
 
+    def schedule(self, key: str, deadline: int) -> None:
+        """Remember a key's deadline (entries loaded from a snapshot)."""
+        heapq.heappush(self._deadlines, (deadline, key))
+
     def next_deadline(self) -> int | None:
         """The earliest deadline still pending (for the janitor)."""
         heap = self._deadlines

@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias
 
@@ -35,6 +36,7 @@ from agents._kv_ops import (
     decode_op,
     encode_op,
 )
+from agents._kv_snapshot import load_snapshot, save_snapshot
 from brokers import (
     Broker,
     ClosedError,
@@ -106,6 +108,9 @@ class Memory:
             ``monotonic``); each read may choose its own.
         janitor: append expiry ticks when deadlines pass on the wall clock, so keys expire
             even when nobody writes.
+        snapshot_dir: keep a local snapshot of the view there (``<dir>/kv.<namespace>.db``),
+            written every ``snapshot_every`` seconds and on close, so opening folds only the
+            log's tail.
 
     Example:
         >>> async with Memory("memory://", namespace="app") as mem:
@@ -121,6 +126,8 @@ class Memory:
         partitions: int = 8,
         consistency: Consistency = "eventual",
         janitor: bool = True,
+        snapshot_dir: str | Path | None = None,
+        snapshot_every: float = 60.0,
     ) -> None:
         self.topic = brokers.TopicSpec(f"kv.{namespace}", partitions=partitions).name
         self.namespace = namespace
@@ -128,6 +135,9 @@ class Memory:
         self._partitions_wanted = partitions
         self.consistency = _check_level(consistency)
         self._janitor_on = janitor
+        self._snapshot = None if snapshot_dir is None else Path(snapshot_dir) / f"{self.topic}.db"
+        self._snapshot_every = snapshot_every
+        self.loaded_from_snapshot = 0
         self._broker: Broker | None = None
         self._owns_broker = False
         self._parts: list[KVPartition] = []
@@ -155,10 +165,18 @@ class Memory:
         )
         self._parts = [KVPartition(partition=p) for p in range(spec.partitions)]
         ends = await self._broker.end_offsets(self.topic)
+        if self._snapshot is not None:
+            self.loaded_from_snapshot = await asyncio.to_thread(
+                load_snapshot, self._snapshot, self._parts, ends
+            )
         self._state = "open"
         self._tasks.append(asyncio.create_task(self._fold(), name=f"fold {self.topic}"))
         if self._janitor_on:
             self._tasks.append(asyncio.create_task(self._janitor(), name=f"janitor {self.topic}"))
+        if self._snapshot is not None:
+            self._tasks.append(
+                asyncio.create_task(self._snapshots(), name=f"snapshots {self.topic}")
+            )
         await self._reach(ends)  # opened = caught up with what the log held
         return self
 
@@ -173,12 +191,15 @@ class Memory:
     async def aclose(self) -> None:
         if self._state == "closed":
             return
+        was_open = self._state == "open"
         self._state = "closed"
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if was_open and self._snapshot is not None:
+            await asyncio.to_thread(save_snapshot, self._snapshot, self._parts)
         for waiters in self._waiters.values():
             for _, future in waiters:
                 future.cancel()
@@ -262,6 +283,17 @@ class Memory:
             self._waiters.setdefault(partition, []).append((target, future))
             self._wake(partition)
             await future
+
+    async def _snapshots(self) -> None:
+        """Write the snapshot every ``snapshot_every`` seconds (a copy, off the event loop)."""
+        assert self._snapshot is not None
+        while True:
+            await asyncio.sleep(self._snapshot_every)
+            copies = [
+                KVPartition(p.partition, dict(p.entries), p.stream_time, p.applied)
+                for p in self._parts
+            ]
+            await asyncio.to_thread(save_snapshot, self._snapshot, copies)
 
     async def _janitor(self) -> None:
         """Append a tick to partitions whose earliest deadline passed on the wall clock."""

@@ -247,3 +247,20 @@ async def test_events_api(broker: brokers.Broker) -> None:
         mem.off(handle)
         await mem.emit("door", "closed")
         assert heard == ["door open", "alarm:1 ring"]
+
+
+async def test_a_snapshot_makes_a_restart_fold_only_the_tail(
+    broker: brokers.Broker, tmp_path: Path
+) -> None:
+    namespace = unique("kv")
+    async with memory(broker, namespace, snapshot_dir=tmp_path) as mem:
+        await mem.bulk_set({f"k{i}": i for i in range(2000)})
+        await mem.set("ttl", "soon", ttl=3600)
+    async with memory(broker, namespace) as writer:
+        await writer.set("k1", "changed after the snapshot")
+    async with memory(broker, namespace, snapshot_dir=tmp_path) as again:
+        assert again.loaded_from_snapshot == 2001
+        assert await again.get("k7") == 7
+        assert await again.get("k1") == "changed after the snapshot"  # the tail, folded
+        assert await again.get("ttl") == "soon"
+        assert len(await again.scan("k*")) == 2000
