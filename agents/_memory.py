@@ -358,6 +358,12 @@ class Memory:
         entry = self._entry(key)
         return default if entry is None else entry.value
 
+    def get_nowait(self, key: str, default: Any = None) -> Any:
+        """The value in this process's view now (``eventual``), without awaiting anything."""
+        self._check_open()
+        entry = self._entry(key)
+        return default if entry is None else entry.value
+
     async def get_entry(
         self,
         key: str,

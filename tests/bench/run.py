@@ -10,7 +10,7 @@ import os
 import sys
 
 from brokers.testing import BACKENDS, BackendUnavailable, provide
-from tests.bench import broker, pipeline
+from tests.bench import broker, kv, pipeline
 from tests.bench._results import Row, show, write
 
 
@@ -24,6 +24,7 @@ def main() -> int:
                 print(f"-- {backend} ({provided.source})", flush=True)
                 rows += asyncio.run(broker.bench(backend, provided.url))
                 rows += asyncio.run(pipeline.bench(backend, provided.url))
+                rows += asyncio.run(kv.bench(backend, provided.url))
         except BackendUnavailable as exc:
             failed.append(f"{backend}: {exc}")
     show(rows)

@@ -1,0 +1,160 @@
+"""KV memory figures: eventual reads, set and compare-and-swap throughput and latency,
+observer latency, and a restart over many keys; NATS KV through raw nats-py as the baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import brokers
+from agents import Change, Memory
+from tests.bench._results import Row
+
+READS = 200_000
+WRITES = 2_000
+CONCURRENCY = 50
+
+
+def _cuts(samples: list[float]) -> tuple[float, float]:
+    cuts = statistics.quantiles(samples, n=100)
+    return cuts[49], cuts[98]
+
+
+async def ours(url: str, backend: str) -> list[Row]:
+    rows: list[Row] = []
+    async with (
+        brokers.connect(url) as log,
+        Memory(log, namespace=uuid.uuid4().hex[:8], janitor=False) as mem,
+    ):
+        await mem.bulk_set({f"k{i}": i for i in range(1000)})
+        started = time.perf_counter()
+        for i in range(READS):
+            mem.get_nowait(f"k{i % 1000}")
+        rows.append(
+            Row.compared(
+                "kv.get.eventual",
+                backend,
+                READS / (time.perf_counter() - started),
+                "ops/s",
+                None,
+                target=">= 1,000,000 ops/s",
+            )
+        )
+
+        async def set_one(i: int) -> object:
+            return await mem.set(f"s{i % 100}", i)
+
+        async def cas_one(i: int) -> object:
+            return await mem.compare_and_swap(f"c{i}", i, expected_version=None)
+
+        writers: list[tuple[str, Callable[[int], Awaitable[object]]]] = [
+            ("kv.set", set_one),
+            ("kv.cas", cas_one),
+        ]
+        for name, write in writers:
+            latencies = []
+            for i in range(WRITES // 4):
+                t = time.perf_counter()
+                await write(i)
+                latencies.append((time.perf_counter() - t) * 1000)
+            p50, p99 = _cuts(latencies)
+            counter = iter(range(10**9))
+
+            async def worker(write: Any = write, counter: Any = counter) -> None:
+                for _ in range(WRITES // CONCURRENCY):
+                    await write(WRITES + next(counter))
+
+            t = time.perf_counter()
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+            rows.append(
+                Row.compared(name, backend, WRITES / (time.perf_counter() - t), "ops/s", None)
+            )
+            rows.append(Row.compared(f"{name}.p50", backend, p50, "ms", None))
+            rows.append(Row.compared(f"{name}.p99", backend, p99, "ms", None))
+
+        arrived = asyncio.Event()
+        seen_at: list[float] = []
+
+        def heard(change: Change) -> None:
+            if change.op != "current":
+                seen_at.append(time.perf_counter())
+                arrived.set()
+
+        mem.observe("watched").subscribe(heard)
+        latencies = []
+        for i in range(300):
+            arrived.clear()
+            t = time.perf_counter()
+            await mem.set("watched", i, wait=False)
+            await arrived.wait()
+            latencies.append((seen_at[-1] - t) * 1000)
+        p50, p99 = _cuts(latencies)
+        rows.append(Row.compared("kv.observe.latency.p50", backend, p50, "ms", None))
+        rows.append(Row.compared("kv.observe.latency.p99", backend, p99, "ms", None))
+    return rows
+
+
+async def restart(url: str, backend: str, keys: int) -> Row:
+    """Seconds until a Memory over ``keys`` keys is open again, from its local snapshot."""
+    namespace = uuid.uuid4().hex[:8]
+    with tempfile.TemporaryDirectory() as snapshots:
+        async with brokers.connect(url) as log:
+            async with Memory(
+                log, namespace=namespace, snapshot_dir=snapshots, janitor=False
+            ) as mem:
+                await mem.bulk_set(((f"key-{i}", i) for i in range(keys)), chunk=5000)
+            t = time.perf_counter()
+            async with Memory(
+                log, namespace=namespace, snapshot_dir=snapshots, janitor=False
+            ) as mem:
+                elapsed = time.perf_counter() - t
+                assert mem.loaded_from_snapshot == keys
+    return Row.compared(f"kv.restart.{keys // 1000}k", backend, elapsed, "s", None)
+
+
+async def raw_nats_kv(url: str) -> tuple[float, float]:
+    """(put ops/s, get ops/s) through raw nats-py's KV on the same server, same concurrency."""
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        bucket = f"bench{uuid.uuid4().hex[:6]}"
+        kv = await js.create_key_value(bucket=bucket)
+        counter = iter(range(10**9))
+
+        async def putter() -> None:
+            for _ in range(WRITES // CONCURRENCY):
+                i = next(counter)
+                await kv.put(f"s{i % 100}", str(i).encode())
+
+        t = time.perf_counter()
+        await asyncio.gather(*(putter() for _ in range(CONCURRENCY)))
+        puts = WRITES / (time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(2000):
+            await kv.get(f"s{i % 100}")
+        gets = 2000 / (time.perf_counter() - t)
+        await js.delete_key_value(bucket)
+    finally:
+        await nc.close()
+    return puts, gets
+
+
+async def bench(backend: str, url: str) -> list[Row]:
+    rows = await ours(url, backend)
+    if backend == "nats":
+        puts, gets = await raw_nats_kv(url)
+        for row in rows:
+            if row.name == "kv.set":
+                row.baseline, row.ratio = round(puts, 1), round(row.value / puts, 3)
+            if row.name == "kv.get.eventual":
+                row.baseline, row.ratio = round(gets, 1), round(row.value / gets, 3)
+    if backend == "memory":
+        rows.append(await restart(url, backend, 1_000_000))
+    return rows
