@@ -47,6 +47,7 @@ from brokers import (
     default_partitioner,
 )
 from operators import ChangeBuffer, OverflowPolicy, feed_observable
+from streams import App
 
 __all__ = ("CausalContext", "Consistency", "Memory", "WriteResult")
 
@@ -101,7 +102,8 @@ class Memory:
     """The KV memory of one namespace.
 
     Args:
-        broker: a broker URL or an open :class:`brokers.Broker`.
+        broker: a broker URL, an open :class:`brokers.Broker`, or a started
+            :class:`streams.App` (its broker).
         namespace: names the topic ``kv.<namespace>`` (letters, digits, ``_``, ``-``).
         partitions: the topic's partition count when this Memory creates it.
         consistency: the default read level (``eventual``, ``strong``, ``causal``,
@@ -120,7 +122,7 @@ class Memory:
 
     def __init__(
         self,
-        broker: str | Broker,
+        broker: str | Broker | App,
         *,
         namespace: str = "default",
         partitions: int = 8,
@@ -155,6 +157,8 @@ class Memory:
         if self._state != "new":
             raise ResourceStateError("a Memory is opened once: make a new one")
         arg = self._broker_arg
+        if isinstance(arg, App):
+            arg = arg.broker  # raises if the app is not started
         if isinstance(arg, str):
             self._broker = await brokers.connect(arg).open()
             self._owns_broker = True

@@ -264,3 +264,35 @@ async def test_a_snapshot_makes_a_restart_fold_only_the_tail(
         assert await again.get("k1") == "changed after the snapshot"  # the tail, folded
         assert await again.get("ttl") == "soon"
         assert len(await again.scan("k*")) == 2000
+
+
+async def test_a_memory_over_an_app_and_a_blocking_subscriber(broker: brokers.Broker) -> None:
+    from streams import App
+
+    app = App(unique("kvapp"), broker=broker)
+    async with app, memory(app, unique("kv")) as mem:  # type: ignore[arg-type]
+        slow = mem.subscribe("*", buffer=2, overflow="block")
+        writes = asyncio.gather(*(mem.set(f"k{i}", i) for i in range(6)))
+        got: list[object] = []
+        async with asyncio.timeout(30):
+            while len(got) < 6:
+                got.append((await anext(slow)).new)
+        await writes
+        assert sorted(got) == list(range(6)), "block loses nothing: the fold waited"
+        assert slow.dropped == 0
+        slow.close()
+
+
+async def test_time_operators_run_on_the_asyncio_scheduler(broker: brokers.Broker) -> None:
+    async with memory(broker, unique("kv")) as mem:
+        settled: list[object] = []
+        mem.observe("typing").pipe(rx.debounce(0.2, scheduler=mem.scheduler)).subscribe(
+            lambda c: settled.append(c.new)
+        )
+        for text in ("h", "he", "hel", "hello"):
+            await mem.set("typing", text)
+        async with asyncio.timeout(10):
+            while not settled:  # noqa: ASYNC110 - set by the debounced observer
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.4)
+        assert settled == ["hello"], "debounce kept only the last of the quick changes"
