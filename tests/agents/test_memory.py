@@ -273,7 +273,7 @@ async def test_a_memory_over_an_app_and_a_blocking_subscriber(broker: brokers.Br
     async with app, memory(app, unique("kv")) as mem:  # type: ignore[arg-type]
         slow = mem.subscribe("*", buffer=2, overflow="block")
         writes = asyncio.gather(*(mem.set(f"k{i}", i) for i in range(6)))
-        got: list[object] = []
+        got: list[int] = []
         async with asyncio.timeout(30):
             while len(got) < 6:
                 got.append((await anext(slow)).new)
