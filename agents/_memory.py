@@ -151,6 +151,7 @@ class Memory:
         self._state = "new"
         self._seen = CausalContext()  # the highest positions this Memory has read at
         self.rejected_records = 0
+        self._partition_cache: dict[str, int] = {}  # reads hash a key once
 
     # ------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Self:
@@ -320,7 +321,12 @@ class Memory:
 
     # ------------------------------------------------------------ reads
     def partition_of(self, key: str) -> int:
-        return default_partitioner(_check_key(key).encode(), len(self._parts))
+        partition = self._partition_cache.get(key)
+        if partition is None:
+            partition = default_partitioner(_check_key(key).encode(), len(self._parts))
+            if len(self._partition_cache) < 1_000_000:
+                self._partition_cache[key] = partition
+        return partition
 
     async def _level(
         self, keys: Iterable[str], consistency: Consistency | None, context: CausalContext | None
@@ -364,8 +370,9 @@ class Memory:
 
     def get_nowait(self, key: str, default: Any = None) -> Any:
         """The value in this process's view now (``eventual``), without awaiting anything."""
-        self._check_open()
-        entry = self._entry(key)
+        if self._state != "open":
+            self._check_open()
+        entry = self._parts[self.partition_of(key)].get(key)
         return default if entry is None else entry.value
 
     async def get_entry(
