@@ -250,8 +250,14 @@ class Memory:
                             future.set_result(outcome)
                     for change in changes:
                         self._dispatch(change)
-                    for blocked in [b for b in self._blocking if b.full]:
-                        await blocked.room()  # a 'block' subscriber is behind: wait for it
+                    full = [b for b in self._blocking if b.full]
+                    if full:
+                        # a 'block' subscriber is behind: readers waiting for what was just
+                        # applied are answered first, then the fold waits for the subscriber
+                        for partition in {r.partition for r in batch}:
+                            self._wake(partition)
+                        for blocked in full:
+                            await blocked.room()
                 for partition in {r.partition for r in batch}:
                     self._wake(partition)
 

@@ -13,7 +13,7 @@ import reactivex.operators as rx
 import brokers
 from agents import CausalContext, Change, Memory
 from brokers import ConfigurationError
-from operators import BufferOverflowError
+from operators import BufferOverflowError, ChangeBuffer
 from tests.brokers.conftest import unique
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,13 +122,28 @@ async def test_strong_read_sees_what_the_log_held_at_the_call(broker: brokers.Br
         assert await reader.get("k", consistency="strong") == 42
 
 
+async def hold_back(view: Memory, writer: Memory) -> ChangeBuffer[Change]:
+    """Stop ``view``'s fold: a 'block' subscriber whose buffer is full makes it wait."""
+    held = view.subscribe("*", buffer=1, overflow="block")
+    await writer.set("filler", 0)
+    async with asyncio.timeout(30):
+        while not held.full:  # noqa: ASYNC110 - the view folds the filler
+            await asyncio.sleep(0.01)
+    return held
+
+
 async def test_causal_context_carries_writes_to_another_reader(broker: brokers.Broker) -> None:
     namespace = unique("kv")
     async with memory(broker, namespace) as writer, memory(broker, namespace) as reader:
+        held = await hold_back(reader, writer)
         session = CausalContext()
-        await writer.set("cart", ["apple"], context=session, wait=False)
+        await writer.set("cart", ["apple"], context=session)
+        assert reader.get_nowait("cart") is None, "the reader's view is behind (eventual)"
         handed = CausalContext.from_dict(session.to_dict())  # e.g. in an HTTP header
+        release = asyncio.create_task(anext(held))  # lets the view go on, a little later
         assert await reader.get("cart", consistency="causal", context=handed) == ["apple"]
+        await release
+        held.close()
         with pytest.raises(ConfigurationError, match="context"):
             await reader.get("cart", consistency="causal")
 
@@ -136,11 +151,17 @@ async def test_causal_context_carries_writes_to_another_reader(broker: brokers.B
 async def test_monotonic_reads_never_go_back_across_readers(broker: brokers.Broker) -> None:
     namespace = unique("kv")
     async with memory(broker, namespace) as a, memory(broker, namespace) as b:
-        session = CausalContext()
         await a.set("v", 1)
+        assert await b.get("v", consistency="strong") == 1
+        held = await hold_back(b, a)
         await a.set("v", 2)
+        session = CausalContext()
         assert await a.get("v", consistency="strong", context=session) == 2
+        assert b.get_nowait("v") == 1, "b is behind: an eventual read would go back in time"
+        release = asyncio.create_task(anext(held))
         assert await b.get("v", consistency="monotonic", context=session) == 2
+        await release
+        held.close()
 
 
 async def test_observe_emits_current_then_every_change_in_order(broker: brokers.Broker) -> None:
