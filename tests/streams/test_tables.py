@@ -124,6 +124,23 @@ async def test_tables_refuse_writes_that_would_break_their_guarantees(broker_url
     assert "re-key the stream" in str(errors[0])
 
 
+async def _worker(
+    url: str, name: str, topic: str, *, stdout: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """A counting worker (tests/streams/_counting.py) in its own process."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.streams._counting",
+        url,
+        name,
+        topic,
+        cwd=ROOT,
+        stdout=stdout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
 @pytest.mark.chaos
 @pytest.mark.timeout(600)  # 20 restarts, each waiting out the killed member's session
 @pytest.mark.backends("sqlite", "kafka", "nats")
@@ -140,17 +157,7 @@ async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) 
             await views.send_many(batch)
             for key, value in batch:
                 expected[key] += value
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.streams._counting",
-                broker_url,
-                name,
-                topic,
-                cwd=ROOT,
-                stdout=asyncio.subprocess.PIPE,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
+            proc = await _worker(broker_url, name, topic)
             assert proc.stdout is not None
             try:
                 # 400 new events are 8 chunks of 50: die after 1 to 6 of them, mid-work
@@ -165,17 +172,7 @@ async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) 
                 await proc.wait()
             assert proc.returncode == -signal.SIGKILL, "the worker died by itself"
         # a last worker runs to the end of the input
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.streams._counting",
-            broker_url,
-            name,
-            topic,
-            cwd=ROOT,
-            stdout=asyncio.subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
+        proc = await _worker(broker_url, name, topic, stdout=asyncio.subprocess.DEVNULL)
         try:
             async with asyncio.timeout(120):
                 while True:
@@ -187,20 +184,6 @@ async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) 
         finally:
             proc.send_signal(signal.SIGTERM)
             await proc.wait()
-
-
-async def _worker(url: str, name: str, topic: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.streams._counting",
-        url,
-        name,
-        topic,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
 
 
 async def _count_lines(proc: asyncio.subprocess.Process, into: list[int]) -> None:
