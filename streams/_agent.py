@@ -110,16 +110,29 @@ class Agent(Generic[K, V]):
     async def _member(self) -> None:
         app = self.app
         tables = app.tables_of(self.topic)
+        source: Source | None = None
+
+        async def revoked(tps: frozenset[TopicPartition]) -> None:
+            if source is not None:
+                source.forget(tps)
+            await self._revoked(tps, tables)
+
         sub = app.broker.subscribe(
             self.topic.name,
             group=self.group,
             session_timeout=app.session_timeout,
             on_assigned=lambda tps: self._assigned(tps, tables),
-            on_revoked=lambda tps: self._revoked(tps, tables),
+            on_revoked=revoked,
         )
         async with sub:
             self._members.append(sub)
-            source = Source(self.topic, sub, dead_letter=app.dead_letter, participants=list(tables))
+            source = Source(
+                self.topic,
+                sub,
+                dead_letter=app.dead_letter,
+                participants=list(tables),
+                commit_interval=app.commit_interval,
+            )
             app.sources.add(source)
             if app.stopping:
                 source.stopping = True  # the app began to stop while this member was joining

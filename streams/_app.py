@@ -53,6 +53,10 @@ class App:
         drain_timeout: how long leaving the app waits for agents to finish their batch.
         state_dir: where tables declared with ``store="sqlite"`` keep their local files
             (default ``NEUROPLEX_STATE_DIR``, else ``./state``).
+        commit_interval: while records keep arriving, an agent flushes its tables and commits
+            at most this often (seconds); batches in between are held together. When the log
+            has nothing more ready it commits at once, so this bounds the delay under load
+            only. ``0`` commits after every fetched batch.
 
     Example:
         >>> app = App("shop", broker="memory://")
@@ -72,10 +76,17 @@ class App:
         session_timeout: float = 10.0,
         drain_timeout: float = 10.0,
         state_dir: str | Path | None = None,
+        commit_interval: float = 0.1,
     ) -> None:
         TopicSpec(name)  # the app name appears in topic names: same rules
         if partitions < 1:
             raise DeclarationError(f"partitions must be at least 1, got {partitions}")
+        if not commit_interval >= 0:
+            raise DeclarationError(
+                f"commit_interval must be >= 0 seconds (0 commits every batch), got "
+                f"{commit_interval!r}"
+            )
+        self.commit_interval = commit_interval
         self.name = name
         self._broker_arg = broker
         self.default_partitions = partitions

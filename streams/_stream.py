@@ -3,8 +3,12 @@
 A :class:`Stream` pulls batches from the agent's subscription on demand: there is no queue
 between the log and the agent's code, so memory stays bounded by the subscription's buffer. A
 batch is the unit of work: when the agent asks for the event after a batch, every participant
-(tables) flushes what the batch changed and the batch's positions are committed. If the agent
-fails inside a batch, participants roll back to the batch start and the batch is replayed.
+(tables) flushes what the batch changed and the batch's positions are committed. While more
+records are ready at once, batches are held together for up to the app's ``commit_interval``
+and flushed and committed as one (a key changed in each is written to its changelog once); as
+soon as the log has nothing more ready, what is held is flushed, so an idle agent commits
+promptly. If the agent fails, participants roll back to the failing event's savepoint and the
+event is retried, skipped or dead-lettered.
 """
 
 from __future__ import annotations
@@ -61,11 +65,16 @@ class Source:
         *,
         dead_letter: Callable[[Record, str], Awaitable[None]],
         participants: list[BatchParticipant],
+        commit_interval: float = 0.0,
     ) -> None:
         self.topic = topic
         self.sub = sub
         self._dead_letter = dead_letter
         self._participants = participants
+        self._commit_interval = commit_interval
+        # next-offsets of the events of earlier batches, handed out but not yet committed
+        self._held: dict[TopicPartition, int] = {}
+        self._held_since = 0.0
         self._batch: list[Record] = []
         self._index = 0
         self._skip: set[int] = set()
@@ -119,6 +128,15 @@ class Source:
                 return event
             if self.closed:
                 return None
+            if self._batch and not self.stopping and self._may_hold(loop.time()):
+                # more is ready at once and the interval has not passed: keep going, so one
+                # flush and one commit cover several batches (a key changed in each is
+                # written to its changelog once)
+                self._hold()  # before the fetch: a revocation during it forgets these
+                more = await self.sub.getmany(timeout=0)
+                if more:
+                    self._take(more)
+                    continue
             await self.finish_batch()
             if self.stopping:
                 self.closed = True
@@ -133,8 +151,33 @@ class Source:
                 if self.stopping or (deadline is not None and loop.time() >= deadline):
                     return None
                 continue
-            self._batch, self._index, self._skip, self.current = batch, 0, set(), None
-            self._mark = 0
+            self._take(batch)
+
+    def _may_hold(self, now: float) -> bool:
+        if self._commit_interval <= 0:
+            return False
+        if not self._held:
+            self._held_since = now
+        return now - self._held_since < self._commit_interval
+
+    def _hold(self) -> None:
+        """Keep the finished batch's positions for the next commit; the batch is done."""
+        held = self._held
+        for record in self._batch:
+            held[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        self._take([])
+
+    def _take(self, batch: list[Record]) -> None:
+        self._batch, self._index, self._skip, self.current = batch, 0, set(), None
+        self._mark = 0
+
+    def forget(self, tps: frozenset[TopicPartition]) -> None:
+        """Partitions taken away: their held positions are not this member's to commit.
+
+        Their tables dropped the changes too; the new owner handles the events again.
+        """
+        for tp in tps:
+            self._held.pop(tp, None)
 
     def savepoint(self, index: int | None = None) -> None:
         """Failures from here on roll back to this point (the next event by default)."""
@@ -156,12 +199,14 @@ class Source:
         return bool(getattr(self.sub, "closed", False))
 
     async def finish_batch(self) -> None:
-        """Flush participants, then commit the batch's positions."""
-        if not self._batch:
-            return
-        positions: dict[TopicPartition, int] = {}
-        for record in self._batch:
+        """Flush participants, then commit the positions of the events handed out."""
+        positions, self._held = self._held, {}
+        # only what was handed out: an agent that returns mid-batch leaves the rest unread
+        for record in self._batch[: self._index]:
             positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        if not positions:
+            self._take([])
+            return
         for participant in self._participants:
             await participant.flush(positions)
         if self.sub.group is not None:
@@ -174,8 +219,7 @@ class Source:
                     # handles its events again from the last commit, and tables skip what they
                     # already hold; nothing is lost and nothing is counted twice
                     log.info("batch not committed, the group moved on: %s", exc.reason)
-        self._batch, self._index, self._skip, self.current = [], 0, set(), None
-        self._mark = 0
+        self._take([])
 
     def rewind(self, *, skip: bool) -> None:
         """Roll participants back to the savepoint; hand its events out again unless ``skip``."""
