@@ -98,9 +98,11 @@ class JsonCodec(Generic[T]):
         self.type = type_
         self._adapter: TypeAdapter[T] = TypeAdapter(type_)
         self._any = type_ is Any
+        # a JSON scalar of exactly its declared type needs no serializer (a counter table)
+        self._scalar = type_ if type_ in (int, float, bool) else None
 
     def encode(self, value: T) -> bytes:
-        if self._any:
+        if self._any or (self._scalar is not None and type(value) is self._scalar):
             return json.dumps(value)
         try:
             # warnings="error": a value that is not of the declared type is refused, not coerced
@@ -109,13 +111,18 @@ class JsonCodec(Generic[T]):
             raise ValueError(f"expected {_name(self.type)}: {exc}") from exc
 
     def decode(self, data: bytes) -> T:
+        if self._any:
+            try:
+                return cast("T", json.loads(data))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not JSON: {exc}") from exc
         try:
-            parsed = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"not JSON: {exc}") from exc
-        try:
-            return self._adapter.validate_python(parsed)
+            # parsed and validated in one pass (pydantic's JSON mode: what JSON input means)
+            return self._adapter.validate_json(data)
         except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            if errors and errors[0]["type"] == "json_invalid":
+                raise ValueError(f"not JSON: {errors[0]['msg']}") from exc
             raise ValueError(_first_error(exc)) from exc
 
     def json_schema(self) -> dict[str, Any] | None:
