@@ -163,6 +163,7 @@ class MemoryBroker(BaseBroker):
         name = spec.name
         positions: list[Position] = []
         touched: set[int] = set()
+        sized = spec.retention_bytes is not None  # sizes matter to size retention only
         for rec in records:
             p = rec.partition
             assert p is not None  # resolved by BaseBroker._prepare
@@ -170,7 +171,8 @@ class MemoryBroker(BaseBroker):
             offset = part.next_offset
             part.next_offset = offset + 1
             part.records.append(Record(name, p, offset, now, rec.key, rec.value, rec.headers))
-            part.size += record_size(rec)
+            if sized:
+                part.size += record_size(rec)
             if spec.compacted and rec.key is not None:
                 if rec.key in part.latest:
                     part.dead += 1
@@ -200,7 +202,8 @@ class MemoryBroker(BaseBroker):
                 drop += 1
         if drop:
             for rec in records[:drop]:
-                part.size -= _size(rec)
+                if spec.retention_bytes is not None:
+                    part.size -= _size(rec)
                 if spec.compacted and rec.key is not None:
                     if part.latest.get(rec.key) == rec.offset:
                         del part.latest[rec.key]
@@ -218,7 +221,8 @@ class MemoryBroker(BaseBroker):
             ]
             part.latest = {r.key: r.offset for r in kept if r.key is not None}
             part.records = kept
-            part.size = sum(_size(r) for r in kept)
+            if spec.retention_bytes is not None:
+                part.size = sum(_size(r) for r in kept)
             part.dead = 0
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
