@@ -45,7 +45,9 @@ async def replica(broker: brokers.Broker, name: str, topic: str) -> dict[str, in
 
 
 async def changelog_records(broker: brokers.Broker, app: App, key: bytes) -> int:
-    name = app.tables["counts"].changelog.name
+    table = app.tables["counts"]
+    assert isinstance(table, Table)
+    name = table.changelog.name
     ends = await broker.end_offsets(name)
     found = 0
     async with broker.subscribe(name, start="earliest") as sub:
@@ -88,6 +90,7 @@ async def test_batches_ready_at_once_are_flushed_and_committed_as_one(
         app = counting_app(broker, name, topic, commit_interval=interval)
         async with app:
             counts = app.tables["counts"]
+            assert isinstance(counts, Table)
             async with asyncio.timeout(60):
                 while "k" not in counts or counts["k"] != 3000:  # noqa: ASYNC110 - by the agent
                     await asyncio.sleep(0.05)
