@@ -306,15 +306,24 @@ class Table(Generic[K, V]):
             if tp.topic == self.source.name:
                 if self.standby and self._store is None and tp.partition in self._data:
                     p = tp.partition
-                    self._standby[p] = PartitionState(
-                        self._data[p],
-                        self._positions[p],
-                        self._origins[p],
-                        self._changelog_next.get(p, 0),
-                    )
-                    # the follower skipped this partition while it was ours: read it again
-                    # from where the copy ends
-                    self._rewind[p] = self._changelog_next.get(p, 0)
+                    if self._dirty.get(p):
+                        # changes not in the changelog yet (their events are not committed):
+                        # a copy holding them would run ahead of the log, and taking the
+                        # partition back would skip those events without ever writing them
+                        # down; fold the partition again from the changelog instead
+                        self._standby.pop(p, None)
+                        begin = await self.app.broker.beginning_offsets(self.changelog.name)
+                        self._rewind[p] = begin.get(p, 0)
+                    else:
+                        self._standby[p] = PartitionState(
+                            self._data[p],
+                            self._positions[p],
+                            self._origins[p],
+                            self._changelog_next.get(p, 0),
+                        )
+                        # the follower skipped this partition while it was ours: read it
+                        # again from where the copy ends
+                        self._rewind[p] = self._changelog_next.get(p, 0)
                 self._data.pop(tp.partition, None)
                 self._positions.pop(tp.partition, None)
                 self._origins.pop(tp.partition, None)

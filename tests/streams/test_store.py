@@ -103,3 +103,39 @@ async def test_a_standby_takes_over_from_its_warm_copy(broker: brokers.Broker) -
                 await asyncio.sleep(0.05)
     replayed = sum(done for p, done in read if p in taken_over)
     assert replayed == 0, "the warm copy was current: no changelog record had to be read"
+
+
+async def test_a_warm_copy_never_holds_changes_the_changelog_lacks(broker: brokers.Broker) -> None:
+    """A partition taken away between a change and its flush, then given back.
+
+    The events behind the unflushed change are not committed, so they come again; the table
+    must not already hold them (they would be skipped, and never reach the changelog).
+    """
+    name, topic = unique("ahead"), unique("views")
+    app = App(name, broker=broker, partitions=1, session_timeout=SESSION_TIMEOUT)
+    views = app.topic(topic, value_type=int)
+    counts: Table[str, int] = app.table("counts", source=views, default=int, standby=True)
+    source = brokers.TopicPartition(topic, 0)
+    after_handback: list[int] = []
+
+    @app.agent(views)
+    async def count(stream: EventStream) -> None:
+        async for event in stream:
+            counts["k"] += event.value
+            if event.value == 100:
+                # what the group does when it rebalances mid-batch (the agent code itself
+                # never calls these): the partition goes, and comes back
+                await counts.on_revoked(frozenset({source}))
+                await counts.on_assigned(frozenset({source}))
+                after_handback.append(counts["k"])
+
+    async with app:
+        await views.send("k", 1)
+        async with asyncio.timeout(60):
+            while "k" not in counts or counts["k"] != 1:  # noqa: ASYNC110 - by the agent
+                await asyncio.sleep(0.05)
+        await views.send("k", 100)
+        async with asyncio.timeout(60):
+            while not after_handback:  # noqa: ASYNC110 - by the agent
+                await asyncio.sleep(0.05)
+    assert after_handback == [1], "taken back, the table holds what the changelog holds"
