@@ -24,7 +24,7 @@ from brokers._errors import (
     RecordTooLargeError,
     ResourceStateError,
 )
-from brokers._partitioner import default_partitioner
+from brokers._partitioner import _positive_hash
 from brokers._protocol import AssignmentCallback
 from brokers._settings import BrokerSettings
 from brokers._types import (
@@ -230,18 +230,22 @@ class BaseBroker(ABC):
 
     def _prepare(self, spec: TopicSpec, record: ProducerRecord) -> ProducerRecord:
         """Check a record and resolve its partition."""
-        if not isinstance(record, ProducerRecord):
+        if type(record) is not ProducerRecord and not isinstance(record, ProducerRecord):
             raise ConfigurationError(f"expected a ProducerRecord, got {record!r}")
-        key = _as_bytes(record.key, "key", spec.name, "(encode str keys as UTF-8) or None")
-        value = _as_bytes(
-            record.value, "value", spec.name, "or None (a tombstone); encode objects first"
-        )
+        key, value = record.key, record.value
+        # the usual case (bytes or None) without a call; anything else is checked and named
+        if key is not None and type(key) is not bytes:
+            key = _as_bytes(key, "key", spec.name, "(encode str keys as UTF-8) or None")
+        if value is not None and type(value) is not bytes:
+            value = _as_bytes(
+                value, "value", spec.name, "or None (a tombstone); encode objects first"
+            )
         if spec.compacted and key is None:
             raise ConfigurationError(f"topic {spec.name!r} is compacted: every record needs a key")
         partition = record.partition
         if partition is None:
             if key is not None:
-                partition = default_partitioner(key, spec.partitions)
+                partition = _positive_hash(key) % spec.partitions  # default_partitioner
             else:
                 counter = self._round_robin.setdefault(spec.name, itertools.count())
                 partition = next(counter) % spec.partitions
