@@ -131,8 +131,16 @@ def broker_url(backend: str, _neuroplex_brokers: _Brokers, tmp_path: Path) -> st
 
 try:
     import pytest_asyncio
-except ImportError:  # pragma: no cover - the broker fixture needs pytest-asyncio
-    pass
+except ImportError:  # pragma: no cover - installed without the testing extra
+
+    @pytest.fixture
+    def broker(broker_url: str) -> None:
+        """Fails: an async fixture needs pytest-asyncio."""
+        pytest.fail(
+            "the neuroplex `broker` fixture needs pytest-asyncio: "
+            "pip install 'neuroplex[testing]' (or add pytest-asyncio to your test dependencies)"
+        )
+
 else:
     from brokers import Broker, connect
 

@@ -13,10 +13,6 @@ Modes (every line printed is flushed at once, so a parent sees it even after a S
     Reads ``TOPIC`` from the latest offset and produces every value to ``OUT`` unchanged;
     prints ``ready`` once subscribed and ``lag <ms>`` for each record whose value is a send
     time in ns (the one-way latency from the parent's produce to this read).
-``stall URL TOPIC GROUP COUNT``
-    Joins ``GROUP`` (session timeout 1 s), reads ``COUNT`` records, commits them and prints
-    ``committed <partition>=<offset> ...``; then blocks its event loop (no heartbeats) until a
-    line arrives on stdin, tries to commit again and prints ``stale`` (refused) or ``accepted``.
 ``open URL TOPIC``
     Opens the log (creating it if needed), creates ``TOPIC`` (4 partitions), produces one
     record and prints ``ok <partition>:<offset>``.
@@ -31,7 +27,7 @@ import sys
 import time
 
 import brokers
-from brokers import ProducerRecord, SqliteSettings, StaleMemberError, TopicSpec
+from brokers import ProducerRecord, TopicSpec
 
 
 async def produce(url: str, topic: str, tasks: int) -> None:
@@ -64,28 +60,6 @@ async def echo(url: str, topic: str, out: str) -> None:
                 await broker.produce(out, record.value)
 
 
-async def stall(url: str, topic: str, group: str, count: int) -> None:
-    settings = SqliteSettings(heartbeat_interval=0.2)
-    async with (
-        brokers.connect(url, settings=settings) as broker,
-        broker.subscribe(topic, group=group, session_timeout=1.0) as sub,
-    ):
-        got = 0
-        async with asyncio.timeout(30):
-            while got < count:
-                got += len(await sub.getmany(timeout=0.5))
-        await sub.commit()
-        marks = [f"{tp.partition}={sub.position(tp)}" for tp in sorted(sub.assignment)]
-        print("committed", *marks, flush=True)
-        sys.stdin.readline()  # blocks the event loop: no heartbeat, the lease runs out
-        try:
-            await sub.commit()
-        except StaleMemberError:
-            print("stale", flush=True)
-        else:
-            print("accepted", flush=True)
-
-
 async def open_and_produce(url: str, topic: str) -> None:
     async with brokers.connect(url) as broker:
         await broker.create_topic(TopicSpec(topic, partitions=4))
@@ -99,8 +73,6 @@ def main(argv: list[str]) -> None:
         asyncio.run(produce(url, topic, int(rest[0])))
     elif mode == "echo":
         asyncio.run(echo(url, topic, rest[0]))
-    elif mode == "stall":
-        asyncio.run(stall(url, topic, rest[0], int(rest[1])))
     elif mode == "open":
         asyncio.run(open_and_produce(url, topic))
     else:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 
 from brokers import Record, Subscription, TopicPartition
+
+ROOT = Path(__file__).resolve().parents[2]
 
 SESSION_TIMEOUT = 6.0
 """Group session timeout in tests: Tansu holds JoinGroup for half of it (BROKERS.md)."""
@@ -44,3 +49,37 @@ async def poll_until(
 
 def all_partitions(topic: str, n: int) -> frozenset[TopicPartition]:
     return frozenset(TopicPartition(topic, p) for p in range(n))
+
+
+# ---------------------------------------------------------------- child processes
+
+
+async def spawn(module: str, *args: str, stdin: bool = False) -> asyncio.subprocess.Process:
+    """Run ``python -m module args...`` from the project root; its stdout is read by lines."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        *args,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+async def read_line(proc: asyncio.subprocess.Process, *, timeout: float = 60.0) -> str:
+    """The child's next line (fails if it exits first, or after ``timeout`` seconds)."""
+    assert proc.stdout is not None
+    async with asyncio.timeout(timeout):
+        line = (await proc.stdout.readline()).decode()
+    if not line:
+        raise AssertionError(f"child exited with {await proc.wait()} before printing")
+    return line.strip()
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    """Kill the child if it still runs, and reap it."""
+    if proc.returncode is None:
+        proc.kill()
+    await proc.wait()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tracemalloc
 from collections import defaultdict
 
 import pytest
@@ -270,12 +271,30 @@ async def test_consumption_is_bounded(broker: Broker) -> None:
                 assert len(batch) <= 100
                 assert sub.buffered <= 500
                 total += len(batch)
-                if total == 300:
-                    # a slow consumer: fetching ahead stops at the bound
-                    await asyncio.sleep(0.3)
-                    assert sub.buffered <= 500
         assert await sub.getmany(timeout=0.2, max_records=7) == []
     assert total == 5000
+
+
+async def test_a_slow_consumer_holds_a_bounded_amount_of_memory(broker: Broker) -> None:
+    """A consumer that stops reading while the log holds far more than its buffer: what the
+    client process allocates meanwhile (fetched ahead, decoded, queued) stays bounded."""
+    name = unique("slow")
+    await broker.create_topic(TopicSpec(name, partitions=2))
+    payload = b"s" * 1000
+    for _ in range(6):
+        await broker.produce_batch(name, [ProducerRecord(payload) for _ in range(4000)])
+    held_by_the_log = 6 * 4000 * len(payload)  # 24 MB
+    tracemalloc.start()
+    try:
+        async with broker.subscribe(name, max_batch=100, max_buffer=500) as sub:
+            await consume(sub, 100)
+            # the slow part: the consumer takes nothing while the backend may read ahead
+            await asyncio.sleep(1.5)
+            _, peak = tracemalloc.get_traced_memory()
+            assert sub.buffered <= 500
+    finally:
+        tracemalloc.stop()
+    assert peak < held_by_the_log / 4, f"{peak:,} bytes allocated while reading 100 records"
 
 
 async def test_iteration_yields_batches_until_closed(broker: Broker) -> None:

