@@ -36,7 +36,11 @@ class Subscription(Protocol):
 
     @property
     def buffered(self) -> int:
-        """How many records were fetched but not yet returned (bounded by ``max_buffer``)."""
+        """How many decoded records are held but not yet returned (at most ``max_buffer``).
+
+        Backends that read the log directly hold none (0); Kafka holds raw fetch responses,
+        bounded in bytes by fetch sizes derived from ``max_buffer``, and reports 0 too.
+        """
         ...
 
     async def getmany(
