@@ -93,6 +93,12 @@ class SqliteBroker(BaseBroker):
     def settings(self) -> SqliteSettings:
         return self._settings
 
+    @property
+    def transactions(self) -> int:
+        """Write transactions this broker has committed (group commit: usually far fewer
+        than the produce calls it acknowledged); background upkeep is not counted."""
+        return 0 if self._writer is None else self._writer.transactions
+
     # ------------------------------------------------------------ lifecycle
     async def _open(self) -> None:
         path, settings = self._path, self._settings

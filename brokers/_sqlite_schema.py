@@ -41,6 +41,7 @@ __all__ = (
     "APPLICATION_ID",
     "FORMAT_VERSION",
     "MIGRATIONS",
+    "check_format",
     "connect_file",
     "decode_headers",
     "encode_headers",
@@ -196,6 +197,22 @@ def _version(conn: sqlite3.Connection, path: str) -> int:
     if version > FORMAT_VERSION:
         raise LogVersionError(path, version, FORMAT_VERSION)
     return version
+
+
+def check_format(conn: sqlite3.Connection, path: str) -> None:
+    """Inside a write transaction: refuse to write a file another process has since upgraded.
+
+    A process reads the format version when it opens the file; a newer neuroplex in another
+    process may migrate the file while this one has it open, and writing the old format into
+    it then would break the new format's invariants (compaction bookkeeping, say). One pragma
+    per transaction (the header page is in the cache) keeps every write in the right format.
+
+    Raises:
+        LogVersionError: the file's format is no longer the one this code writes.
+    """
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version != FORMAT_VERSION:
+        raise LogVersionError(path, version, FORMAT_VERSION)
 
 
 def connect_file(path: str, settings: SqliteSettings) -> sqlite3.Connection:

@@ -5,8 +5,11 @@ everything queued (up to a bound), runs it in one transaction and acknowledges e
 after ``COMMIT`` returned: concurrent producers share one transaction and one sync to disk.
 Consecutive appends are merged into one ``executemany``. Every other job runs in a savepoint,
 so a refused job (a conflict, a stale member) does not undo the others. Between batches the
-thread runs background upkeep (retention, compaction) in small transactions, and a second
-thread checkpoints the write-ahead log after the acknowledgements, off the produce path.
+thread runs background upkeep (retention, compaction) in small transactions: only when no
+write is queued, or at most ten steps per ``maintenance_interval`` under constant load, so
+producers go first but upkeep is never starved. A second thread checkpoints the write-ahead
+log after the acknowledgements, off the produce path. Every write transaction first checks
+the file's format version (:func:`~brokers._sqlite_schema.check_format`).
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from brokers._errors import ClosedError, NeuroplexError
+from brokers._errors import ClosedError, LogVersionError, NeuroplexError
 from brokers._sqlite_maintenance import maintain
 from brokers._sqlite_ops import Append, Txn, append
-from brokers._sqlite_schema import translate_error
+from brokers._sqlite_schema import check_format, translate_error
 from brokers._types import Position
 
 __all__ = ("Writer",)
@@ -84,6 +87,7 @@ class Writer:
         self._stopped = False
         self._dirty = False
         self._unflushed = 0
+        self.transactions = 0  # write transactions committed (upkeep not counted)
         self._checkpoint_due = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"sqlite-writer {path}")
         self._checkpointer = threading.Thread(
@@ -149,7 +153,11 @@ class Writer:
                 pending = []
                 if stop:
                     return
-                if time.monotonic() >= next_upkeep:
+                now = time.monotonic()
+                # queued writes go first, but constant load does not starve upkeep
+                if now >= next_upkeep and (
+                    self._queue.empty() or now >= next_upkeep + self._interval / 10
+                ):
                     more = self._upkeep()
                     next_upkeep = time.monotonic() + (0.0 if more else self._interval)
         finally:
@@ -186,6 +194,7 @@ class Writer:
         outcomes: list[Outcome] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
+            check_format(conn, self._path)
             i = 0
             while i < len(batch):
                 job = batch[i]
@@ -216,6 +225,7 @@ class Writer:
             self._rollback()
             self._deliver([(job.future, None, exc) for job in batch], None)
             return
+        self.transactions += 1
         self._deliver(outcomes, txn)
         self._wrote(txn.written + 64 * len(batch))
 
@@ -250,17 +260,25 @@ class Writer:
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
+            check_format(conn, self._path)
+            changes = conn.total_changes
             more = maintain(conn, time.time_ns() // 1_000_000)
+            changed = conn.total_changes != changes
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             self._rollback()
             _log.warning("log upkeep of %s failed, will retry: %s", self._path, exc)
             return False
+        except LogVersionError as exc:
+            self._rollback()
+            _log.warning("log upkeep of %s stopped: %s", self._path, exc)
+            return False
         except Exception:  # noqa: BLE001  # logged; upkeep must not take the writer down
             self._rollback()
             _log.exception("log upkeep of %s failed, will retry", self._path)
             return False
-        self._wrote(4096)
+        if changed:  # an idle log needs no checkpoint
+            self._wrote(4096)
         return more
 
     def _deliver(self, outcomes: list[Outcome], txn: Txn | None) -> None:

@@ -145,7 +145,9 @@ else:
     from brokers import Broker, connect
 
     @pytest_asyncio.fixture
-    async def broker(broker_url: str) -> AsyncIterator[Broker]:
+    async def broker(  # type: ignore[misc]  # the other definition is for no pytest-asyncio
+        broker_url: str,
+    ) -> AsyncIterator[Broker]:
         """An open broker on ``broker_url``, closed after the test."""
         async with connect(broker_url) as opened:
             yield opened

