@@ -31,7 +31,7 @@ from brokers.testing._provision import (
     required_backends,
 )
 
-__all__ = ("pytest_addoption", "pytest_configure", "pytest_generate_tests")
+__all__ = ("pytest_addoption", "pytest_configure", "pytest_generate_tests", "pytest_report_header")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,6 +48,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "backends(*names): run this backend test only on the named backends"
     )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    names = _selected(config)
+    left_out = [n for n in BACKENDS if n not in names]
+    required = "required" if required_backends() else "skipped when unavailable"
+    line = f"neuroplex backends: {', '.join(names)} ({required})"
+    return line + (f"; left out by choice: {', '.join(left_out)}" if left_out else "")
 
 
 def _selected(config: pytest.Config) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -55,6 +56,36 @@ async def test_unreachable_broker_is_a_typed_error_within_the_timeout(
             pass
     assert info.value.retriable
     assert time.monotonic() - started < 30, "bounded by connect_timeout, never a hang"
+
+
+@pytest.mark.parametrize(
+    ("scheme", "settings"),
+    [("kafka", KafkaSettings(connect_timeout=1)), ("nats", NatsSettings(connect_timeout=1))],
+    ids=["kafka", "nats"],
+)
+async def test_a_server_that_never_answers_is_a_typed_error_after_connect_timeout(
+    scheme: str, settings: brokers.BrokerSettings
+) -> None:
+    """A listener that accepts the connection and then says nothing (a hung broker, a wrong
+    service behind the port): connecting ends with a typed error, it does not hang."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with asyncio.timeout(30):  # far above connect_timeout: only a hang reaches it
+            with pytest.raises(BrokerUnavailableError):
+                async with brokers.connect(f"{scheme}://127.0.0.1:{port}", settings=settings):
+                    pass
+        assert held, "the client did reach the silent server"
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
 
 
 def test_invalid_settings_are_configuration_errors() -> None:

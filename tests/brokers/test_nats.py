@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import nats
+import nkeys
 import pytest
 from nats.aio.client import Client as NATSClient
 from nats.js.api import ConsumerConfig, DeliverPolicy
@@ -455,6 +457,23 @@ async def test_token_authentication(backend: str, tmp_path: Path) -> None:
             async with brokers.connect(url, settings=NatsSettings(token=SecretStr("wrong-token"))):
                 pass
         assert "wrong-token" not in str(info.value)
+
+
+async def test_nkey_authentication(backend: str, tmp_path: Path) -> None:
+    """A server that knows one user by its nkey: the seed signs the server's challenge;
+    another user's seed is refused and never shown."""
+    seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+    public = nkeys.from_seed(bytearray(seed.encode())).public_key.decode()
+    stranger = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER).decode()
+    config = tmp_path / "nkeys.conf"
+    config.write_text(f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
+    with own_server(tmp_path, "-c", str(config)) as url:
+        async with brokers.connect(url, settings=NatsSettings(nkey_seed=SecretStr(seed))) as b:
+            await b.list_topics()
+        with pytest.raises(AuthorizationError) as info:
+            async with brokers.connect(url, settings=NatsSettings(nkey_seed=SecretStr(stranger))):
+                pass
+        assert stranger not in str(info.value)
 
 
 async def test_a_waiting_getmany_returns_when_the_subscription_closes(broker: Broker) -> None:
