@@ -50,6 +50,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     LeaderNotAvailableError,
     MessageSizeTooLargeError,
+    OffsetOutOfRangeError,
     RecordListTooLargeError,
     TopicAlreadyExistsError,
     UnknownTopicOrPartitionError,
@@ -87,6 +88,7 @@ _LATEST = -1
 _EARLIEST = -2
 _UNKNOWN_TOPIC = UnknownTopicOrPartitionError.errno
 _NO_LEADER = LeaderNotAvailableError.errno
+_OFFSET_OUT_OF_RANGE = OffsetOutOfRangeError.errno
 _TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, KafkaRecordTooLargeError)
 # Records of one produce call for one partition from which they are sent as built batches.
 _BUILD_MIN = 16
@@ -450,6 +452,8 @@ class KafkaBroker(BaseBroker):
                 continue  # a leader moved: refresh the metadata and ask again
             ask = {p: end - 1 for p, end in latest.items() if end > 0}
             high = await self._high_watermarks(topic, leaders, ask) if ask else {}
+            if high is None:
+                continue  # a leader moved
             return {p: max(end, high.get(p, -1)) for p, end in sorted(latest.items())}
         raise BrokerUnavailableError(self.url, f"the leaders of topic {topic!r} keep moving")
 
@@ -498,6 +502,8 @@ class KafkaBroker(BaseBroker):
                         self._leaders.pop(topic, None)
                         await self._partition_leaders(topic, refresh=True)  # raises if gone
                         return None
+                    if error_code == _OFFSET_OUT_OF_RANGE:
+                        continue  # retention removed every record: ListOffsets' end stands
                     if error_code:
                         error = error_for_code(error_code)
                         if getattr(error, "retriable", False):
@@ -510,10 +516,12 @@ class KafkaBroker(BaseBroker):
 
     async def _high_watermarks(
         self, topic: str, leaders: dict[int, int], offsets: dict[int, int]
-    ) -> dict[int, int]:
+    ) -> dict[int, int] | None:
         """The high watermark of each partition in ``offsets``, by a fetch at that offset.
 
-        Errors only leave a partition out (the caller keeps ListOffsets' answer for it).
+        ``None`` when a partition's leader moved (ask again). Any other error is raised: an
+        end taken from ListOffsets alone may be too low on some brokers (Tansu), and a strong
+        read built on a low end would not be linearizable.
         """
         requests = []
         for node, partitions in self._by_leader(leaders).items():
@@ -526,12 +534,16 @@ class KafkaBroker(BaseBroker):
             for _topic, partitions in response.topics:
                 for partition_data in partitions:
                     partition, error_code, watermark = partition_data[:3]
-                    if error_code == 0 and watermark >= 0:
+                    if error_code == _OFFSET_OUT_OF_RANGE:
+                        continue  # retention removed every record: ListOffsets' end stands
+                    if error_code:
+                        error = error_for_code(error_code)
+                        if getattr(error, "retriable", False):
+                            self._leaders.pop(topic, None)
+                            return None
+                        raise translate(error, self.url, topic=topic)
+                    if watermark >= 0:
                         high[partition] = watermark
-                    else:
-                        log.debug(
-                            "no high watermark for %s[%s]: error %s", topic, partition, error_code
-                        )
         return high
 
     # ------------------------------------------------------------ subscribe
