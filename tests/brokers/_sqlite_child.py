@@ -8,7 +8,9 @@ Modes (every line printed is flushed at once, so a parent sees it even after a S
     ``TASKS`` concurrent tasks append batches of 1 to 200 keyless records forever (so each batch
     spans partitions, and several batches share a transaction). A record's value is
     ``"<pid>:<task>:<seq>:<i>:<n>"``: record ``i`` of ``n`` of batch ``seq``. After each
-    ``produce_batch`` returns, prints ``ack <pid>:<task>:<seq> <n>``.
+    ``produce_batch`` returns, prints ``ack <pid>:<task>:<seq> <n>``. Every fourth batch, each
+    task also overwrites its :data:`COMPACTED_KEYS` keys ``<pid>:<task>:<k>`` in the compacted
+    topic ``TOPIC.compacted`` with the value ``<seq>`` and prints ``kack <pid>:<task> <seq>``.
 ``echo URL TOPIC OUT``
     Reads ``TOPIC`` from the latest offset and produces every value to ``OUT`` unchanged;
     prints ``ready`` once subscribed and ``lag <ms>`` for each record whose value is a send
@@ -29,6 +31,8 @@ import time
 import brokers
 from brokers import ProducerRecord, TopicSpec
 
+COMPACTED_KEYS = 10
+
 
 async def produce(url: str, topic: str, tasks: int) -> None:
     pid = os.getpid()
@@ -42,6 +46,14 @@ async def produce(url: str, topic: str, tasks: int) -> None:
             await broker.produce_batch(topic, batch)
             sys.stdout.write(f"ack {name} {n}\n")
             sys.stdout.flush()
+            if seq % 4 == 0:  # the compacted topic: every key of this task overwritten
+                keyed = [
+                    ProducerRecord(b"%d" % seq, key=f"{pid}:{t}:{k}".encode())
+                    for k in range(COMPACTED_KEYS)
+                ]
+                await broker.produce_batch(f"{topic}.compacted", keyed)
+                sys.stdout.write(f"kack {pid}:{t} {seq}\n")
+                sys.stdout.flush()
 
     async with brokers.connect(url) as broker:
         await asyncio.gather(*(task(t, broker) for t in range(tasks)))
