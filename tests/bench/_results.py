@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 RESULTS = Path(".bench/results.json")
@@ -20,6 +21,10 @@ class Row:
     baseline: float | None = None
     ratio: float | None = None
     target: str | None = None
+    met: bool | None = field(default=None, init=False)  # ``target`` reached (None: no target)
+
+    def __post_init__(self) -> None:
+        self.met = meets(self, self.target) if self.target else None
 
     @classmethod
     def compared(
@@ -29,6 +34,19 @@ class Row:
         return cls(
             name, backend, round(value, 3), unit, baseline and round(baseline, 3), ratio, **kw
         )
+
+
+_RATIO = re.compile(r">=\s*([\d.]+)x raw")
+_VALUE = re.compile(r">=\s*([\d,.]+)\s")
+
+
+def meets(row: Row, target: str) -> bool | None:
+    """Whether ``row`` reaches a target written ``>= 0.85x raw`` or ``>= 100,000 unit``."""
+    if match := _RATIO.search(target):
+        return None if row.ratio is None else row.ratio >= float(match[1])
+    if match := _VALUE.search(target + " "):
+        return row.value >= float(match[1].replace(",", ""))
+    return None
 
 
 def write(rows: list[Row]) -> None:
@@ -51,5 +69,8 @@ def show(rows: list[Row]) -> None:
         ratio = "" if r.ratio is None else f"{r.ratio:.2f}"
         print(
             f"{r.name:28} {r.backend:8} {r.value:>14,.1f} {r.unit:10} {base:>14} {ratio:>7}  "
-            f"{r.target or ''}"
+            f"{r.target or ''}{'' if r.met is None else ('  met' if r.met else '  MISSED')}"
         )
+    missed = [f"{r.name} [{r.backend}]" for r in rows if r.met is False]
+    if missed:
+        print(f"targets missed: {', '.join(missed)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import traceback
 
 from brokers.testing import BACKENDS, BackendUnavailable, provide
 from tests.bench import broker, kv, pipeline
@@ -22,15 +23,18 @@ def main() -> int:
         try:
             with provide(backend) as provided:
                 print(f"-- {backend} ({provided.source})", flush=True)
-                rows += asyncio.run(broker.bench(backend, provided.url))
-                rows += asyncio.run(pipeline.bench(backend, provided.url))
-                rows += asyncio.run(kv.bench(backend, provided.url))
+                for suite in (broker, pipeline, kv):
+                    try:
+                        rows += asyncio.run(suite.bench(backend, provided.url))
+                    except Exception as exc:  # one failed benchmark does not lose the others
+                        traceback.print_exc()
+                        failed.append(f"{suite.__name__} on {backend} failed: {exc!r}")
         except BackendUnavailable as exc:
-            failed.append(f"{backend}: {exc}")
+            failed.append(f"{backend} unavailable: {exc}")
     show(rows)
     write(rows)
     for line in failed:
-        print(f"unavailable: {line}", file=sys.stderr)
+        print(line, file=sys.stderr)
     return 1 if failed else 0
 
 
