@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import tracemalloc
 from collections import defaultdict
 
@@ -273,6 +274,19 @@ async def test_consumption_is_bounded(broker: Broker) -> None:
                 total += len(batch)
         assert await sub.getmany(timeout=0.2, max_records=7) == []
     assert total == 5000
+
+
+async def test_waiting_for_records_does_not_busy_wait(broker: Broker) -> None:
+    """A subscription waiting on an idle topic sleeps: over a 1 s wait the process uses a
+    small fraction of a core (a busy loop would use all of it)."""
+    name = unique("idle")
+    await broker.create_topic(TopicSpec(name, partitions=4))
+    async with broker.subscribe(name) as sub:
+        assert await sub.getmany(timeout=0.2) == []  # connected and caught up
+        cpu = time.process_time()
+        assert await sub.getmany(timeout=1.0) == []
+        used = time.process_time() - cpu
+    assert used < 0.25, f"{used:.2f} s of CPU while waiting 1 s for nothing"
 
 
 async def test_a_slow_consumer_holds_a_bounded_amount_of_memory(broker: Broker) -> None:
