@@ -39,9 +39,9 @@ async def _spawn(
 async def _wait_assigned(proc: asyncio.subprocess.Process) -> set[int]:
     """Read the child's lines until it reports a non-empty assignment."""
     while True:
-        parts = (await read_line(proc)).removeprefix("assigned ")
+        _, *parts = (await read_line(proc)).split()  # "assigned 0,2" or "assigned"
         if parts:
-            return {int(p) for p in parts.split(",")}
+            return {int(p) for p in parts[0].split(",")}
 
 
 @pytest.mark.parametrize("ending", ["killed", "terminated"])
