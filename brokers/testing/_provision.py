@@ -84,7 +84,11 @@ def _docker_answers() -> bool:
     """True when a Docker engine answers within a second (never on the CI machines here)."""
     if os.environ.get("NEUROPLEX_NO_DOCKER"):
         return False
-    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+    sockets = [Path("/var/run/docker.sock"), Path.home() / ".docker/run/docker.sock"]
+    if os.environ.get("XDG_RUNTIME_DIR"):  # rootless Docker
+        sockets.append(Path(os.environ["XDG_RUNTIME_DIR"]) / "docker.sock")
+    found = next((sock for sock in sockets if sock.exists()), None)
+    if not os.environ.get("DOCKER_HOST") and found is None:
         # no engine; and docker-py leaks its socket (a ResourceWarning) when it finds none
         return False
     try:
@@ -92,11 +96,17 @@ def _docker_answers() -> bool:
     except ImportError:
         return False
     try:
-        client = docker.from_env(timeout=1)
+        if os.environ.get("DOCKER_HOST") or found == sockets[0]:
+            client = docker.from_env(timeout=1)
+        else:
+            client = docker.DockerClient(base_url=f"unix://{found}", timeout=1)
         client.ping()
         client.close()
     except Exception:  # noqa: BLE001 - any failure means "no engine here"
         return False
+    if not os.environ.get("DOCKER_HOST") and found != sockets[0]:
+        # testcontainers looks only at DOCKER_HOST and the default socket
+        os.environ["DOCKER_HOST"] = f"unix://{found}"
     return True
 
 
