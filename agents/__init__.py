@@ -5,6 +5,7 @@ by the fold, TTL runs on event time, every read chooses its consistency, and eve
 observed as a reactivex Observable.
 """
 
+from agents._errors import RecordRejectedError
 from agents._kv_batch import Batch, BatchResult
 from agents._kv_fold import Change, ChangeOp, Entry
 from agents._memory import CausalContext, Consistency, Memory, WriteResult
@@ -18,5 +19,6 @@ __all__ = (
     "Consistency",
     "Entry",
     "Memory",
+    "RecordRejectedError",
     "WriteResult",
 )

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 import brokers
+from agents._errors import RecordRejectedError
 from agents._kv_batch import Batch, BatchResult, summarize
 from agents._kv_fold import Change, Entry, KVPartition, Outcome
 from agents._kv_ops import (
@@ -35,6 +37,7 @@ from agents._kv_ops import (
     TickOp,
     decode_op,
     encode_op,
+    op_ids,
 )
 from agents._kv_snapshot import load_snapshot, save_snapshot
 from brokers import (
@@ -232,15 +235,8 @@ class Memory:
                     part = self._parts[record.partition]
                     try:
                         op = decode_op(record.value or b"")
-                    except ValidationError as exc:
-                        self.rejected_records += 1  # not an op: skipped, never folded
-                        log.warning(
-                            "kv record %s[%d]@%d is not an op: %s",
-                            record.topic,
-                            record.partition,
-                            record.offset,
-                            exc.errors()[0]["msg"],
-                        )
+                    except ValueError as exc:
+                        self._reject(record, exc)
                         part.applied = max(part.applied, record.offset)
                         continue
                     changes, outcomes = part.apply(record.offset, record.timestamp, op)
@@ -260,6 +256,24 @@ class Memory:
                             await blocked.room()
                 for partition in {r.partition for r in batch}:
                     self._wake(partition)
+
+    def _reject(self, record: brokers.Record, exc: ValueError) -> None:
+        """A record that is not an op is skipped, never folded; a writer waiting for it is told."""
+        self.rejected_records += 1
+        reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        log.warning(
+            "kv record %s[%d]@%d is not an op: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+        )
+        for op_id in op_ids(record.value):
+            future = self._outcomes.pop(op_id, None)
+            if future is not None and not future.done():
+                future.set_exception(
+                    RecordRejectedError(record.topic, record.partition, record.offset, reason)
+                )
 
     def _dispatch(self, change: Change) -> None:
         for pattern, listener in list(self._listeners):
@@ -477,8 +491,12 @@ class Memory:
         return DeleteOp(key=_check_key(key))
 
     def _increment_op(self, key: str, delta: int | float) -> IncrementOp:
-        if not isinstance(delta, int | float) or isinstance(delta, bool):
-            raise ConfigurationError(f"delta {delta!r} must be a number")
+        if (
+            not isinstance(delta, int | float)
+            or isinstance(delta, bool)
+            or (isinstance(delta, float) and not math.isfinite(delta))
+        ):
+            raise ConfigurationError(f"delta {delta!r} must be a finite number")
         return IncrementOp(key=_check_key(key), delta=delta)
 
     def _cas_op(
@@ -645,7 +663,7 @@ class Memory:
                 for record in await sub.getmany(timeout=None):
                     try:
                         op = decode_op(record.value or b"")
-                    except ValidationError:
+                    except ValueError:
                         continue
                     changes, _ = parts[record.partition].apply(record.offset, record.timestamp, op)
                     if record.offset >= start.get(record.partition, -1):
@@ -687,15 +705,23 @@ class Memory:
             ProducerRecord(encode_op(BatchOp(ops=group)), None, partition)
             for partition, group in by_partition.items()
         ]
-        positions = await broker.produce_batch(self.topic, records)
+        try:
+            positions = await broker.produce_batch(self.topic, records)
+        except BaseException:
+            for op_id in ids:
+                self._outcomes.pop(op_id, None)
+            raise
         where = {
             op.id: pos
             for pos, group in zip(positions, by_partition.values(), strict=True)
             for op in group
         }
+        # every outcome is taken, so none is left unretrieved when one record was refused
+        outcomes = await asyncio.gather(*futures.values(), return_exceptions=True)
         results = []
-        for op_id in ids:
-            outcome = await futures[op_id]
+        for op_id, outcome in zip(ids, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
             results.append(
                 WriteResult(
                     outcome.applied, outcome.version, outcome.value, where[op_id], outcome.reason
@@ -818,13 +844,30 @@ def _check_key(key: object) -> str:
 
 def _check_value(key: str, value: Any) -> Any:
     try:
-        brokers.json.dumps(value)
+        encoded = brokers.json.dumps(value)
     except TypeError as exc:
         raise ConfigurationError(
             f"value {value!r} for key {key!r} is not JSON-serializable: {exc}. Store dicts, "
             "lists, strings, numbers, booleans or None (or a pydantic model's model_dump())"
         ) from exc
+    # JSON has no NaN or infinity: the encoder would write them as null, silently
+    if b"null" in encoded and _non_finite(value):
+        raise ConfigurationError(
+            f"value {value!r} for key {key!r} holds NaN or infinity, which JSON cannot carry "
+            "(they would read back as None): store None or a string instead"
+        )
     return value
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_non_finite(v) for v in value)
+    dump = getattr(value, "model_dump", None)
+    return callable(dump) and _non_finite(dump())
 
 
 def _ttl(ttl: float | None) -> int | None:

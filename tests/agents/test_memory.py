@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import reactivex.operators as rx
 
 import brokers
-from agents import CausalContext, Change, Memory
+from agents import CausalContext, Change, Memory, RecordRejectedError
 from brokers import ConfigurationError
 from operators import BufferOverflowError, ChangeBuffer
 from tests.brokers.conftest import unique
@@ -222,6 +224,71 @@ async def test_bad_input_is_refused_at_the_edge(broker: brokers.Broker) -> None:
         await mem.set("k", "fine")
         assert await mem.get("k", consistency="strong") == "fine"
         assert mem.rejected_records == 1
+
+
+async def test_none_is_a_value_like_any_other(broker: brokers.Broker) -> None:
+    async with memory(broker, unique("kv")) as mem, asyncio.timeout(30):  # a refused op: hangs
+        heard: list[object] = []
+        mem.on("door", lambda c: heard.append(c.new))
+        assert (await mem.set("k", None)).applied
+        entry = await mem.get_entry("k")
+        assert entry is not None, "a key set to None exists"
+        assert entry.value is None
+        assert await mem.exists("k")
+        assert (await mem.emit("door", None)).applied
+        assert heard == [None]
+        assert (await mem.compare_and_swap("k", 1, expected_value=None)).applied
+        assert (
+            await mem.compare_and_swap("k", None, expected_version=entry.version)
+        ).applied is False
+        assert (await mem.compare_and_swap("k", None, expected_value=1)).applied
+        nested = {"a": None, "b": [None, {"c": None}], "t": True, "f": 1.5}
+        result = await mem.execute_batch(mem.create_batch().set("x", None).set("y", nested))
+        assert result.applied == 2
+        assert await mem.multi_get(["k", "x", "y"]) == {"k": None, "x": None, "y": nested}
+        with pytest.raises(ConfigurationError, match="NaN or infinity"):
+            await mem.set("k", {"a": [float("nan")]})
+
+
+class Altering:
+    """A layer between a Memory and its log that alters every record it appends (a proxy with a
+    bug): the fold refuses them."""
+
+    def __init__(self, log: brokers.Broker) -> None:
+        self._log = log
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    @staticmethod
+    def _alter(value: bytes | None) -> bytes:
+        return (value or b"{}").replace(b'{"op"', b'{"v":2,"op"')
+
+    async def produce(self, topic: str, value: bytes | None, **kw: Any) -> brokers.Position:
+        return await self._log.produce(topic, self._alter(value), **kw)
+
+    async def produce_batch(
+        self, topic: str, records: Sequence[brokers.ProducerRecord]
+    ) -> list[brokers.Position]:
+        altered = [
+            brokers.ProducerRecord(self._alter(r.value), r.key, r.partition, r.headers)
+            for r in records
+        ]
+        return await self._log.produce_batch(topic, altered)
+
+
+async def test_a_writer_whose_record_is_refused_is_told(broker: brokers.Broker) -> None:
+    namespace = unique("kv")
+    bad_log = cast("brokers.Broker", Altering(broker))
+    async with memory(bad_log, namespace, janitor=False) as mem:
+        async with asyncio.timeout(30):
+            with pytest.raises(RecordRejectedError, match="refused by the KV fold") as refused:
+                await mem.set("k", 1)
+            assert refused.value.topic == f"kv.{namespace}"
+            with pytest.raises(RecordRejectedError):
+                await mem.multi_set({"a": 1, "b": 2, "c": 3})
+        assert mem.rejected_records >= 2
+        assert await mem.get("k", consistency="strong") is None, "never folded"
 
 
 async def test_batches_bulk_export_and_import(broker: brokers.Broker) -> None:
