@@ -154,6 +154,7 @@ class Memory:
         self._state = "new"
         self._seen = CausalContext()  # the highest positions this Memory has read at
         self.rejected_records = 0
+        self.records_read = 0  # records the fold took from the log since it opened
         self._partition_cache: dict[str, int] = {}  # reads hash a key once
 
     # ------------------------------------------------------------ lifecycle
@@ -228,9 +229,13 @@ class Memory:
     # ------------------------------------------------------------ the fold
     async def _fold(self) -> None:
         broker = self._check_open()
-        async with broker.subscribe(self.topic, max_batch=5000) as sub:
+        # after a snapshot, each partition is read from the record after the one it applied:
+        # only the log's tail is fetched
+        start = {p.partition: p.applied + 1 for p in self._parts if p.applied >= 0}
+        async with broker.subscribe(self.topic, max_batch=5000, start=start or "earliest") as sub:
             while True:
                 batch = await sub.getmany(timeout=None)
+                self.records_read += len(batch)
                 for record in batch:
                     part = self._parts[record.partition]
                     try:

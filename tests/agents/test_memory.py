@@ -344,14 +344,19 @@ async def test_a_snapshot_makes_a_restart_fold_only_the_tail(
     async with memory(broker, namespace, snapshot_dir=tmp_path) as mem:
         await mem.bulk_set({f"k{i}": i for i in range(2000)})
         await mem.set("ttl", "soon", ttl=3600)
-    async with memory(broker, namespace) as writer:
+        before = mem.records_read
+    async with memory(broker, namespace, janitor=False) as writer:
+        assert writer.records_read == before, "without a snapshot: the whole log"
         await writer.set("k1", "changed after the snapshot")
+        await writer.delete("k2")
     async with memory(broker, namespace, snapshot_dir=tmp_path) as again:
         assert again.loaded_from_snapshot == 2001
+        assert again.records_read == 2, "from the snapshot's positions on: only the tail"
+        assert await again.get("k2") is None
         assert await again.get("k7") == 7
         assert await again.get("k1") == "changed after the snapshot"  # the tail, folded
         assert await again.get("ttl") == "soon"
-        assert len(await again.scan("k*")) == 2000
+        assert len(await again.scan("k*")) == 1999
 
 
 async def test_a_memory_over_an_app_and_a_blocking_subscriber(broker: brokers.Broker) -> None:
