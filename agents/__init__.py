@@ -7,8 +7,9 @@ observed as a reactivex Observable.
 
 from agents._errors import RecordRejectedError
 from agents._kv_batch import Batch, BatchResult
+from agents._kv_consistency import CausalContext, Consistency
 from agents._kv_fold import Change, ChangeOp, Entry
-from agents._memory import CausalContext, Consistency, Memory, WriteResult
+from agents._memory import Memory, WriteResult
 
 __all__ = (
     "Batch",

@@ -15,10 +15,10 @@ import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias
+from typing import Any, Self
 
 import reactivex
 from pydantic import ValidationError
@@ -27,6 +27,7 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 import brokers
 from agents._errors import RecordRejectedError
 from agents._kv_batch import Batch, BatchResult, summarize
+from agents._kv_consistency import CausalContext, Consistency, check_level
 from agents._kv_fold import Change, Entry, KVPartition, Outcome
 from agents._kv_ops import (
     BatchOp,
@@ -52,39 +53,12 @@ from brokers import (
 from operators import ChangeBuffer, OverflowPolicy, feed_observable
 from streams import App
 
-__all__ = ("CausalContext", "Consistency", "Memory", "WriteResult")
+__all__ = ("Memory", "WriteResult")
 
 log = logging.getLogger("neuroplex.memory")
 
-Consistency: TypeAlias = Literal["eventual", "strong", "causal", "monotonic"]
 _MISSING: Any = object()
 _MAX_KEY = 1024
-
-
-@dataclass(slots=True)
-class CausalContext:
-    """Log positions a read must have seen: per partition, the offset of the last write.
-
-    A session carries one (read-your-writes); :meth:`to_dict` / :meth:`from_dict` hand it to
-    another service, whose reads then see everything this one wrote.
-    """
-
-    positions: dict[int, int] = field(default_factory=dict)
-
-    def observe(self, partition: int, offset: int) -> None:
-        if offset > self.positions.get(partition, -1):
-            self.positions[partition] = offset
-
-    def merge(self, other: CausalContext) -> None:
-        for partition, offset in other.positions.items():
-            self.observe(partition, offset)
-
-    def to_dict(self) -> dict[str, int]:
-        return {str(p): o for p, o in self.positions.items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, int]) -> CausalContext:
-        return cls({int(p): int(o) for p, o in data.items()})
 
 
 @dataclass(slots=True, frozen=True)
@@ -138,7 +112,7 @@ class Memory:
         self.namespace = namespace
         self._broker_arg = broker
         self._partitions_wanted = partitions
-        self.consistency = _check_level(consistency)
+        self.consistency = check_level(consistency)
         self._janitor_on = janitor
         self._snapshot = None if snapshot_dir is None else Path(snapshot_dir) / f"{self.topic}.db"
         self._snapshot_every = snapshot_every
@@ -152,7 +126,6 @@ class Memory:
         self._blocking: list[ChangeBuffer[Change]] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._state = "new"
-        self._seen = CausalContext()  # the highest positions this Memory has read at
         self.rejected_records = 0
         self.records_read = 0  # records the fold took from the log since it opened
         self._partition_cache: dict[str, int] = {}  # reads hash a key once
@@ -356,26 +329,24 @@ class Memory:
     async def _level(
         self, keys: Iterable[str], consistency: Consistency | None, context: CausalContext | None
     ) -> None:
+        """Wait until the view is as fresh as the level asks for the keys' partitions; then note
+        in ``context`` where the session read."""
         broker = self._check_open()
-        level = _check_level(consistency or self.consistency)
+        level = check_level(consistency or self.consistency)
         partitions = {self.partition_of(k) for k in keys}
         if level == "strong":
             ends = await broker.end_offsets(self.topic)
             await self._reach({p: ends[p] for p in partitions})
-        elif level == "causal":
-            if context is None:
+        elif level in ("causal", "monotonic"):
+            if context is None and level == "causal":
                 raise ConfigurationError("a causal read needs context=: a session's CausalContext")
-            await self._reach(
-                {p: o for p, o in context.positions.items() if p in partitions}, ends=False
-            )
-        elif level == "monotonic":
-            seen = (context or self._seen).positions  # a session's reads, or this Memory's
-            await self._reach({p: o for p, o in seen.items() if p in partitions}, ends=False)
-        for p in partitions:
-            self._seen.observe(p, self._parts[p].applied)
+            # without a context the session is this Memory, whose view never goes back
+            if context is not None:
+                wanted = context.causal() if level == "causal" else context.reads
+                await self._reach({p: o for p, o in wanted.items() if p in partitions}, ends=False)
         if context is not None:
             for p in partitions:
-                context.observe(p, self._parts[p].applied)
+                context.note_read(p, self._parts[p].applied)
 
     def _entry(self, key: str) -> Entry | None:
         return self._parts[self.partition_of(key)].get(key)
@@ -480,7 +451,7 @@ class Memory:
             self._outcomes.pop(op_id, None)
             raise
         if context is not None:
-            context.observe(position.partition, position.offset)
+            context.note_write(position.partition, position.offset)
         if not wait:
             return WriteResult(True, None, None, position, "not waited for")
         outcome = await future
@@ -827,14 +798,6 @@ def _only(key: str, on_next: Callable[[Change], None]) -> Callable[[Change], Non
             on_next(change)
 
     return listener
-
-
-def _check_level(level: str) -> Consistency:
-    if level not in ("eventual", "strong", "causal", "monotonic"):
-        raise ConfigurationError(
-            f"consistency {level!r}: use 'eventual', 'strong', 'causal' or 'monotonic'"
-        )
-    return level  # type: ignore[return-value]  # checked just above
 
 
 def _check_key(key: object) -> str:

@@ -13,7 +13,7 @@ import pytest
 import reactivex.operators as rx
 
 import brokers
-from agents import CausalContext, Change, Memory, RecordRejectedError
+from agents import CausalContext, Change, Consistency, Memory, RecordRejectedError
 from brokers import ConfigurationError
 from operators import BufferOverflowError, ChangeBuffer
 from tests.brokers.conftest import unique
@@ -116,14 +116,6 @@ async def test_ttl_runs_on_event_time_and_expiry_is_a_change(broker: brokers.Bro
         assert changes[-1].old == "token"
 
 
-async def test_strong_read_sees_what_the_log_held_at_the_call(broker: brokers.Broker) -> None:
-    namespace = unique("kv")
-    async with memory(broker, namespace, janitor=False) as reader:
-        # another service appends straight to the log; the reader's view has not folded it yet
-        await broker.produce(f"kv.{namespace}", b'{"op":"set","key":"k","value":42}', key=b"k")
-        assert await reader.get("k", consistency="strong") == 42
-
-
 async def hold_back(view: Memory, writer: Memory) -> ChangeBuffer[Change]:
     """Stop ``view``'s fold: a 'block' subscriber whose buffer is full makes it wait."""
     held = view.subscribe("*", buffer=1, overflow="block")
@@ -134,15 +126,37 @@ async def hold_back(view: Memory, writer: Memory) -> ChangeBuffer[Change]:
     return held
 
 
-async def test_causal_context_carries_writes_to_another_reader(broker: brokers.Broker) -> None:
+# For each level, a read that the next weaker level would answer wrongly, made deterministic on
+# every backend by holding the reader's view back: under the weaker level the stale answer is
+# checked, then the view is let go and the level under test must wait for the right one.
+
+
+async def test_strong_sees_a_write_no_context_told_it_of(broker: brokers.Broker) -> None:
+    namespace = unique("kv")
+    async with memory(broker, namespace) as reader, memory(broker, namespace) as other:
+        held = await hold_back(reader, other)
+        await other.set("k", 42)  # another service's write: no context carries it
+        session = CausalContext()
+        assert await reader.get("k", consistency="causal", context=session) is None, (
+            "causal: the session wrote and read nothing of k, so the stale view answers"
+        )
+        release = asyncio.create_task(anext(held))  # lets the view go on, a little later
+        assert await reader.get("k", consistency="strong") == 42
+        await release
+        held.close()
+
+
+async def test_causal_sees_the_sessions_writes_made_elsewhere(broker: brokers.Broker) -> None:
     namespace = unique("kv")
     async with memory(broker, namespace) as writer, memory(broker, namespace) as reader:
         held = await hold_back(reader, writer)
         session = CausalContext()
         await writer.set("cart", ["apple"], context=session)
-        assert reader.get_nowait("cart") is None, "the reader's view is behind (eventual)"
         handed = CausalContext.from_dict(session.to_dict())  # e.g. in an HTTP header
-        release = asyncio.create_task(anext(held))  # lets the view go on, a little later
+        assert await reader.get("cart", consistency="monotonic", context=handed) is None, (
+            "monotonic: the session read nothing yet, so nothing is waited for"
+        )
+        release = asyncio.create_task(anext(held))
         assert await reader.get("cart", consistency="causal", context=handed) == ["apple"]
         await release
         held.close()
@@ -150,20 +164,40 @@ async def test_causal_context_carries_writes_to_another_reader(broker: brokers.B
             await reader.get("cart", consistency="causal")
 
 
-async def test_monotonic_reads_never_go_back_across_readers(broker: brokers.Broker) -> None:
+@pytest.mark.parametrize("level", ["monotonic", "causal"])  # causal gives monotonic reads too
+async def test_monotonic_never_goes_back_across_readers(
+    broker: brokers.Broker, level: Consistency
+) -> None:
     namespace = unique("kv")
     async with memory(broker, namespace) as a, memory(broker, namespace) as b:
         await a.set("v", 1)
         assert await b.get("v", consistency="strong") == 1
         held = await hold_back(b, a)
-        await a.set("v", 2)
+        await a.set("v", 2)  # no context: not the session's write
         session = CausalContext()
-        assert await a.get("v", consistency="strong", context=session) == 2
-        assert b.get_nowait("v") == 1, "b is behind: an eventual read would go back in time"
+        assert await a.get("v", consistency="strong", context=session) == 2  # the session saw 2
+        assert session.writes == {}
+        assert await b.get("v", consistency="eventual", context=session) == 1, (
+            "eventual: b is behind, and the session would go back in time"
+        )
         release = asyncio.create_task(anext(held))
-        assert await b.get("v", consistency="monotonic", context=session) == 2
+        assert await b.get("v", consistency=level, context=session) == 2
         await release
         held.close()
+
+
+def test_a_causal_context_travels_as_plain_data() -> None:
+    session = CausalContext()
+    session.note_write(0, 7)
+    session.note_read(1, 3)
+    session.note_read(0, 9)
+    other = CausalContext.from_dict(session.to_dict())
+    assert (other.writes, other.reads) == ({0: 7}, {1: 3, 0: 9})
+    assert other.causal() == {0: 9, 1: 3}
+    other.merge(CausalContext({1: 5}))
+    assert other.causal() == {0: 9, 1: 5}
+    with pytest.raises(ConfigurationError, match="invalid causal context"):
+        CausalContext.from_dict({"writes": {"zero": 1}})
 
 
 async def test_observe_emits_current_then_every_change_in_order(broker: brokers.Broker) -> None:
