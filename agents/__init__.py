@@ -5,7 +5,7 @@ by the fold, TTL runs on event time, every read chooses its consistency, and eve
 observed as a reactivex Observable.
 """
 
-from agents._errors import RecordRejectedError
+from agents._errors import RecordRejectedError, ViewFailedError
 from agents._kv_batch import Batch, BatchResult
 from agents._kv_consistency import CausalContext, Consistency
 from agents._kv_fold import Change, ChangeOp, Entry
@@ -21,5 +21,6 @@ __all__ = (
     "Entry",
     "Memory",
     "RecordRejectedError",
+    "ViewFailedError",
     "WriteResult",
 )

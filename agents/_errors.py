@@ -3,15 +3,17 @@
 ::
 
     NeuroplexError
-    └── SerializationError
-        └── RecordRejectedError   a write's own record was refused by the fold: not applied
+    ├── SerializationError
+    │   └── RecordRejectedError   a write's own record was refused by the fold: not applied
+    └── ResourceStateError
+        └── ViewFailedError       a Memory's view stopped (reading its log failed): reopen it
 """
 
 from __future__ import annotations
 
-from brokers import SerializationError
+from brokers import ResourceStateError, SerializationError
 
-__all__ = ("RecordRejectedError",)
+__all__ = ("RecordRejectedError", "ViewFailedError")
 
 
 class RecordRejectedError(SerializationError):
@@ -31,4 +33,22 @@ class RecordRejectedError(SerializationError):
             f"record {topic}[{partition}]@{offset} was refused by the KV fold: {reason}. The "
             "write was not applied (the record stays in the log and is skipped); report it "
             "with the record's bytes (see the wire format in docs/memory.md)."
+        )
+
+
+class ViewFailedError(ResourceStateError):
+    """A Memory's view stopped folding its log (the log failed under it, or a bug).
+
+    Everything waiting on the view gets it: reads and writes waiting for the view, observers
+    (``on_error``), subscriptions (at their next read); later calls raise it too. The view is
+    not trusted past that point: close the Memory and open a new one (the original error is
+    ``__cause__``).
+    """
+
+    def __init__(self, topic: str, reason: str) -> None:
+        self.topic = topic
+        self.reason = reason
+        super().__init__(
+            f"the view of {topic!r} stopped: {reason}. Close this Memory and open a new one "
+            "(its state is folded again from the log and its snapshot)."
         )

@@ -25,9 +25,10 @@ from pydantic import ValidationError
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 import brokers
-from agents._errors import RecordRejectedError
+from agents._errors import RecordRejectedError, ViewFailedError
 from agents._kv_batch import Batch, BatchResult, summarize
 from agents._kv_consistency import CausalContext, Consistency, check_level
+from agents._kv_feed import ChangeFeed
 from agents._kv_fold import Change, Entry, KVPartition, Outcome
 from agents._kv_ops import (
     BatchOp,
@@ -122,10 +123,11 @@ class Memory:
         self._parts: list[KVPartition] = []
         self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
         self._outcomes: dict[str, asyncio.Future[Outcome]] = {}
-        self._listeners: list[tuple[str | None, Callable[[Change], None]]] = []
+        self._feed = ChangeFeed()
         self._blocking: list[ChangeBuffer[Change]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._state = "new"
+        self._state = "new"  # open, closed, or failed (its view stopped: see _fail)
+        self._failure: BaseException | None = None
         self.rejected_records = 0
         self.records_read = 0  # records the fold took from the log since it opened
         self._partition_cache: dict[str, int] = {}  # reads hash a key once
@@ -159,7 +161,11 @@ class Memory:
             self._tasks.append(
                 asyncio.create_task(self._snapshots(), name=f"snapshots {self.topic}")
             )
-        await self._reach(ends)  # opened = caught up with what the log held
+        try:
+            await self._reach(ends)  # opened = caught up with what the log held
+        except BaseException:
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -171,27 +177,59 @@ class Memory:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Stop the view and write its snapshot; observers are completed, subscriptions end,
+        and calls still waiting on the view get :class:`brokers.ClosedError`. Idempotent."""
         if self._state == "closed":
             return
         was_open = self._state == "open"
         self._state = "closed"
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stop_tasks()
         if was_open and self._snapshot is not None:
             await asyncio.to_thread(save_snapshot, self._snapshot, self._parts)
-        for waiters in self._waiters.values():
-            for _, future in waiters:
-                future.cancel()
-        for outcome in self._outcomes.values():
-            outcome.cancel()
+        self._feed.complete()
+        self._end_waiters(ClosedError(f"memory {self.namespace!r}"))
         if self._owns_broker and self._broker is not None:
             await self._broker.aclose()
 
+    async def _stop_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _end_waiters(self, error: BaseException) -> None:
+        """Nobody waits for a view that will not move: every waiting call gets ``error``."""
+        waiting = [f for w in self._waiters.values() for _, f in w] + list(self._outcomes.values())
+        self._waiters.clear()
+        self._outcomes.clear()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+
+    async def _fail(self, exc: Exception) -> None:
+        """The fold stopped: the view is not trusted past this point (no snapshot is written)."""
+        if self._state != "open":
+            return
+        self._state = "failed"
+        self._failure = exc
+        log.error("the view of %s stopped", self.topic, exc_info=exc)
+        self._end_waiters(self._failed_error())
+        self._feed.fail(self._failed_error())
+        await self._stop_tasks()  # the janitor and the snapshots
+
+    def _failed_error(self) -> ViewFailedError:
+        failure = self._failure
+        error = ViewFailedError(self.topic, f"{type(failure).__name__}: {failure}")
+        error.__cause__ = failure
+        return error
+
     def _check_open(self) -> Broker:
         if self._state != "open" or self._broker is None:
+            if self._state == "failed":
+                raise self._failed_error()
             raise (
                 ClosedError(f"memory {self.namespace!r}")
                 if self._state == "closed"
@@ -201,6 +239,12 @@ class Memory:
 
     # ------------------------------------------------------------ the fold
     async def _fold(self) -> None:
+        try:
+            await self._fold_log()
+        except Exception as exc:  # noqa: BLE001 - handed to everyone waiting on the view
+            await self._fail(exc)
+
+    async def _fold_log(self) -> None:
         broker = self._check_open()
         # after a snapshot, each partition is read from the record after the one it applied:
         # only the log's tail is fetched
@@ -223,7 +267,7 @@ class Memory:
                         if future is not None and not future.done():
                             future.set_result(outcome)
                     for change in changes:
-                        self._dispatch(change)
+                        self._feed.dispatch(change)
                     full = [b for b in self._blocking if b.full]
                     if full:
                         # a 'block' subscriber is behind: readers waiting for what was just
@@ -252,14 +296,6 @@ class Memory:
                 future.set_exception(
                     RecordRejectedError(record.topic, record.partition, record.offset, reason)
                 )
-
-    def _dispatch(self, change: Change) -> None:
-        for pattern, listener in list(self._listeners):
-            if pattern is None or fnmatch.fnmatchcase(change.key, pattern):
-                try:
-                    listener(change)
-                except Exception:  # an observer's bug must not stop the fold
-                    log.exception("observer of %r failed on %r", pattern, change)
 
     def _wake(self, partition: int) -> None:
         applied = self._parts[partition].applied
@@ -649,7 +685,8 @@ class Memory:
     # ------------------------------------------------------------ events API
     def on(self, key: str, callback: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``callback`` on every change of ``key``; returns what :meth:`off` takes."""
-        return self.listen(None, _only(_check_key(key), callback))
+        self._check_open()
+        return self._feed.attach(callback, key=_check_key(key))
 
     def on_pattern(self, pattern: str, callback: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``callback`` on every change of keys matching the glob ``pattern``."""
@@ -709,32 +746,33 @@ class Memory:
     def listen(self, pattern: str | None, listener: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``listener`` with every change of keys matching ``pattern`` (all: ``None``),
         in log order per partition. Returns the function that stops it."""
-        entry = (pattern, listener)
-        self._listeners.append(entry)
-
-        def stop() -> None:
-            with contextlib.suppress(ValueError):
-                self._listeners.remove(entry)
-
-        return stop
+        self._check_open()
+        return self._feed.attach(listener, pattern=pattern)
 
     def observe(self, key: str) -> reactivex.Observable[Change]:
         """The key's current state (op ``current``), then every change: no gap, no duplicate.
 
         A reactivex Observable: every operator works on it. Time-based operators need the
-        asyncio scheduler, :attr:`scheduler`.
+        asyncio scheduler, :attr:`scheduler`. It completes when this Memory closes and errors
+        with :class:`ViewFailedError` if its view fails (subscribing then errors at once).
         """
         _check_key(key)
-        return feed_observable(
-            lambda on_next: self.listen(None, _only(key, on_next)),
-            lambda: [self.current(key)],
-        )
+
+        def initial() -> list[Change]:
+            self._check_open()
+            return [self.current(key)]
+
+        return feed_observable(lambda observer: self._feed.attach(observer, key=key), initial)
 
     def observe_pattern(self, pattern: str) -> reactivex.Observable[Change]:
         """The current state of every key matching the glob ``pattern``, then their changes."""
+
+        def initial() -> list[Change]:
+            self._check_open()
+            return [self.current(k) for k in self._matching(pattern)]
+
         return feed_observable(
-            lambda on_next: self.listen(pattern, on_next),
-            lambda: [self.current(k) for k in self._matching(pattern)],
+            lambda observer: self._feed.attach(observer, pattern=pattern), initial
         )
 
     @property
@@ -749,24 +787,26 @@ class Memory:
 
         ``overflow`` says what happens when the reader falls ``buffer`` changes behind:
         ``drop_oldest``, ``error`` (:class:`operators.BufferOverflowError`), or ``block`` (this
-        Memory's fold waits for the reader). ``close()`` ends the iteration.
+        Memory's fold waits for the reader). ``close()`` ends the iteration; so does closing
+        this Memory (``StopAsyncIteration`` after the buffered changes); if its view fails, the
+        next read raises :class:`ViewFailedError`.
         """
-        try:
-            changes: ChangeBuffer[Change] = ChangeBuffer(buffer, overflow)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from exc
-        stop = self.listen(pattern, changes.push)
-        if overflow == "block":
-            self._blocking.append(changes)
-        original_close = changes.close
+        self._check_open()
+        detach: Callable[[], None] | None = None
 
-        def close() -> None:
-            stop()
+        def closed() -> None:
+            if detach is not None:
+                detach()
             if changes in self._blocking:
                 self._blocking.remove(changes)
-            original_close()
 
-        changes.close = close  # type: ignore[method-assign]  # unregister on close
+        try:
+            changes: ChangeBuffer[Change] = ChangeBuffer(buffer, overflow, on_close=closed)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        if overflow == "block":
+            self._blocking.append(changes)
+        detach = self._feed.attach(changes, pattern=pattern)
         return changes
 
     def _matching(self, pattern: str) -> list[str]:
@@ -790,14 +830,6 @@ class Memory:
             part.stream_time,
             part.partition,
         )
-
-
-def _only(key: str, on_next: Callable[[Change], None]) -> Callable[[Change], None]:
-    def listener(change: Change) -> None:
-        if change.key == key:
-            on_next(change)
-
-    return listener
 
 
 def _check_key(key: object) -> str:

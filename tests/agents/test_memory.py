@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-import reactivex.operators as rx
 
 import brokers
 from agents import CausalContext, Change, Consistency, Memory, RecordRejectedError
@@ -200,32 +199,6 @@ def test_a_causal_context_travels_as_plain_data() -> None:
         CausalContext.from_dict({"writes": {"zero": 1}})
 
 
-async def test_observe_emits_current_then_every_change_in_order(broker: brokers.Broker) -> None:
-    async with memory(broker, unique("kv")) as mem:
-        await mem.set("n", 0)
-        seen: list[object] = []
-        evens: list[object] = []
-        observable = mem.observe("n")
-        observable.subscribe(lambda c: seen.append(c.new))
-
-        def new_value(change: Change) -> int:
-            return int(change.new)
-
-        def even(value: int) -> bool:
-            return value % 2 == 0
-
-        observable.pipe(rx.map(new_value), rx.filter(even)).subscribe(evens.append)
-        for _ in range(30):
-            await mem.increment("n")
-        assert seen == list(range(31)), "no gap, no duplicate, in order"
-        assert evens == list(range(0, 31, 2))
-        pattern: list[str] = []
-        mem.observe_pattern("user:*").subscribe(lambda c: pattern.append(f"{c.op} {c.key}"))
-        await mem.set("user:1", 1)
-        await mem.set("other", 1)
-        assert pattern == ["set user:1"]
-
-
 async def test_subscribe_is_bounded_with_a_named_overflow_policy(broker: brokers.Broker) -> None:
     async with memory(broker, unique("kv")) as mem:
         lossy = mem.subscribe("k*", buffer=3, overflow="drop_oldest")
@@ -408,22 +381,3 @@ async def test_a_memory_over_an_app_and_a_blocking_subscriber(broker: brokers.Br
         assert sorted(got) == list(range(6)), "block loses nothing: the fold waited"
         assert slow.dropped == 0
         slow.close()
-
-
-async def test_time_operators_run_on_the_asyncio_scheduler(broker: brokers.Broker) -> None:
-    async with memory(broker, unique("kv")) as mem:
-        settled: list[object] = []
-        # The window is wide next to one write's round trip on every backend (tens of
-        # milliseconds on Kafka); the first item, the key's current state, is left out so
-        # a slow first write cannot let it settle on its own.
-        window = 1.0
-        mem.observe("typing").pipe(
-            rx.skip(1), rx.debounce(window, scheduler=mem.scheduler)
-        ).subscribe(lambda c: settled.append(c.new))
-        for text in ("h", "he", "hel", "hello"):
-            await mem.set("typing", text)
-        async with asyncio.timeout(10):
-            while not settled:  # noqa: ASYNC110 - set by the debounced observer
-                await asyncio.sleep(0.05)
-        await asyncio.sleep(window * 1.5)
-        assert settled == ["hello"], "debounce kept only the last of the quick changes"
