@@ -5,9 +5,11 @@ by the fold, TTL runs on event time, every read chooses its consistency, and eve
 observed as a reactivex Observable.
 """
 
+from agents._errors import RecordRejectedError, ViewFailedError
 from agents._kv_batch import Batch, BatchResult
+from agents._kv_consistency import CausalContext, Consistency
 from agents._kv_fold import Change, ChangeOp, Entry
-from agents._memory import CausalContext, Consistency, Memory, WriteResult
+from agents._memory import Memory, WriteResult
 
 __all__ = (
     "Batch",
@@ -18,5 +20,7 @@ __all__ = (
     "Consistency",
     "Entry",
     "Memory",
+    "RecordRejectedError",
+    "ViewFailedError",
     "WriteResult",
 )

@@ -1,7 +1,9 @@
 """The KV memory's events on the log: one JSON object per record, its ``op`` field first.
 
 These pydantic models are the wire format (docs/memory.md): any service can append them.
-The record's key is the KV key; its partition is Kafka's murmur2 of the key.
+The record's key is the KV key; its partition is Kafka's murmur2 of the key. An optional field
+(``id``, ``ttl_ms``, ``expected_version``, ``expected_value``) left out means ``null``; every
+other field is written, ``null`` values included (``{"op": "set", "key": "k", "value": null}``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from brokers import json
 
 __all__ = (
     "BatchOp",
@@ -21,6 +25,7 @@ __all__ = (
     "TickOp",
     "decode_op",
     "encode_op",
+    "op_ids",
 )
 
 
@@ -90,12 +95,56 @@ Op: TypeAlias = Annotated[
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Op)
 
+# per op class, the fields left out of the record when they are None (they decode back to None)
+_OPTIONAL: dict[type[BaseModel], frozenset[str]] = {}
+
+
+def _wire(op: BaseModel) -> dict[str, Any]:
+    """The op as the JSON object it is on the log: ``op`` first, optional ``None`` fields out."""
+    cls = type(op)
+    optional = _OPTIONAL.get(cls)
+    if optional is None:
+        optional = frozenset(n for n, f in cls.model_fields.items() if f.default is None)
+        _OPTIONAL[cls] = optional
+    fields = op.__dict__
+    data: dict[str, Any] = {"op": fields["op"]}
+    for name, value in fields.items():
+        if name == "op" or (value is None and name in optional):
+            continue
+        data[name] = [_wire(one) for one in value] if name == "ops" else value
+    return data
+
 
 def encode_op(op: _Op) -> bytes:
-    return op.model_dump_json(exclude_none=True).encode()
+    """The record value of an op. Raises ``TypeError`` if a value is not JSON (checked at the
+    edge, so only a bug gets here)."""
+    return json.dumps(_wire(op))
 
 
 def decode_op(data: bytes) -> SetOp | DeleteOp | CasOp | IncrementOp | TickOp | BatchOp:
-    """Parse an op; raises ``pydantic.ValidationError`` (a ``ValueError``) if it is not one."""
-    op: SetOp | DeleteOp | CasOp | IncrementOp | TickOp | BatchOp = _ADAPTER.validate_json(data)
+    """Parse an op; raises ``ValueError`` (bad JSON, or a ``pydantic.ValidationError``) if it is
+    not one.
+
+    The JSON is parsed by the same library that wrote it (orjson), so whatever
+    :func:`encode_op` writes, nesting included, parses back.
+    """
+    op: SetOp | DeleteOp | CasOp | IncrementOp | TickOp | BatchOp = _ADAPTER.validate_python(
+        json.loads(data)
+    )
     return op
+
+
+def op_ids(data: bytes | None) -> list[str]:
+    """The writers' ids in a record that did not decode (the op's, and its batch ops'), so the
+    writers waiting for them can be told; ``[]`` where none can be read."""
+    try:
+        value = json.loads(data or b"")
+    except ValueError:
+        return []
+    if not isinstance(value, dict):
+        return []
+    found = [value.get("id")]
+    ops = value.get("ops")
+    if isinstance(ops, list):
+        found += [one.get("id") for one in ops if isinstance(one, dict)]
+    return [i for i in found if isinstance(i, str)]

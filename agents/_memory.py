@@ -11,20 +11,24 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias
+from typing import Any, Self
 
 import reactivex
 from pydantic import ValidationError
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 import brokers
+from agents._errors import RecordRejectedError, ViewFailedError
 from agents._kv_batch import Batch, BatchResult, summarize
+from agents._kv_consistency import CausalContext, Consistency, check_level
+from agents._kv_feed import ChangeFeed
 from agents._kv_fold import Change, Entry, KVPartition, Outcome
 from agents._kv_ops import (
     BatchOp,
@@ -35,6 +39,7 @@ from agents._kv_ops import (
     TickOp,
     decode_op,
     encode_op,
+    op_ids,
 )
 from agents._kv_snapshot import load_snapshot, save_snapshot
 from brokers import (
@@ -49,39 +54,12 @@ from brokers import (
 from operators import ChangeBuffer, OverflowPolicy, feed_observable
 from streams import App
 
-__all__ = ("CausalContext", "Consistency", "Memory", "WriteResult")
+__all__ = ("Memory", "WriteResult")
 
 log = logging.getLogger("neuroplex.memory")
 
-Consistency: TypeAlias = Literal["eventual", "strong", "causal", "monotonic"]
 _MISSING: Any = object()
 _MAX_KEY = 1024
-
-
-@dataclass(slots=True)
-class CausalContext:
-    """Log positions a read must have seen: per partition, the offset of the last write.
-
-    A session carries one (read-your-writes); :meth:`to_dict` / :meth:`from_dict` hand it to
-    another service, whose reads then see everything this one wrote.
-    """
-
-    positions: dict[int, int] = field(default_factory=dict)
-
-    def observe(self, partition: int, offset: int) -> None:
-        if offset > self.positions.get(partition, -1):
-            self.positions[partition] = offset
-
-    def merge(self, other: CausalContext) -> None:
-        for partition, offset in other.positions.items():
-            self.observe(partition, offset)
-
-    def to_dict(self) -> dict[str, int]:
-        return {str(p): o for p, o in self.positions.items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, int]) -> CausalContext:
-        return cls({int(p): int(o) for p, o in data.items()})
 
 
 @dataclass(slots=True, frozen=True)
@@ -135,7 +113,7 @@ class Memory:
         self.namespace = namespace
         self._broker_arg = broker
         self._partitions_wanted = partitions
-        self.consistency = _check_level(consistency)
+        self.consistency = check_level(consistency)
         self._janitor_on = janitor
         self._snapshot = None if snapshot_dir is None else Path(snapshot_dir) / f"{self.topic}.db"
         self._snapshot_every = snapshot_every
@@ -145,12 +123,13 @@ class Memory:
         self._parts: list[KVPartition] = []
         self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
         self._outcomes: dict[str, asyncio.Future[Outcome]] = {}
-        self._listeners: list[tuple[str | None, Callable[[Change], None]]] = []
+        self._feed = ChangeFeed()
         self._blocking: list[ChangeBuffer[Change]] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._state = "new"
-        self._seen = CausalContext()  # the highest positions this Memory has read at
+        self._state = "new"  # open, closed, or failed (its view stopped: see _fail)
+        self._failure: BaseException | None = None
         self.rejected_records = 0
+        self.records_read = 0  # records the fold took from the log since it opened
         self._partition_cache: dict[str, int] = {}  # reads hash a key once
 
     # ------------------------------------------------------------ lifecycle
@@ -182,7 +161,11 @@ class Memory:
             self._tasks.append(
                 asyncio.create_task(self._snapshots(), name=f"snapshots {self.topic}")
             )
-        await self._reach(ends)  # opened = caught up with what the log held
+        try:
+            await self._reach(ends)  # opened = caught up with what the log held
+        except BaseException:
+            await self.aclose()
+            raise
         return self
 
     async def __aexit__(
@@ -194,27 +177,59 @@ class Memory:
         await self.aclose()
 
     async def aclose(self) -> None:
+        """Stop the view and write its snapshot; observers are completed, subscriptions end,
+        and calls still waiting on the view get :class:`brokers.ClosedError`. Idempotent."""
         if self._state == "closed":
             return
         was_open = self._state == "open"
         self._state = "closed"
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._stop_tasks()
         if was_open and self._snapshot is not None:
             await asyncio.to_thread(save_snapshot, self._snapshot, self._parts)
-        for waiters in self._waiters.values():
-            for _, future in waiters:
-                future.cancel()
-        for outcome in self._outcomes.values():
-            outcome.cancel()
+        self._feed.complete()
+        self._end_waiters(ClosedError(f"memory {self.namespace!r}"))
         if self._owns_broker and self._broker is not None:
             await self._broker.aclose()
 
+    async def _stop_tasks(self) -> None:
+        current = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not current]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _end_waiters(self, error: BaseException) -> None:
+        """Nobody waits for a view that will not move: every waiting call gets ``error``."""
+        waiting = [f for w in self._waiters.values() for _, f in w] + list(self._outcomes.values())
+        self._waiters.clear()
+        self._outcomes.clear()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+
+    async def _fail(self, exc: Exception) -> None:
+        """The fold stopped: the view is not trusted past this point (no snapshot is written)."""
+        if self._state != "open":
+            return
+        self._state = "failed"
+        self._failure = exc
+        log.error("the view of %s stopped", self.topic, exc_info=exc)
+        self._end_waiters(self._failed_error())
+        self._feed.fail(self._failed_error())
+        await self._stop_tasks()  # the janitor and the snapshots
+
+    def _failed_error(self) -> ViewFailedError:
+        failure = self._failure
+        error = ViewFailedError(self.topic, f"{type(failure).__name__}: {failure}")
+        error.__cause__ = failure
+        return error
+
     def _check_open(self) -> Broker:
         if self._state != "open" or self._broker is None:
+            if self._state == "failed":
+                raise self._failed_error()
             raise (
                 ClosedError(f"memory {self.namespace!r}")
                 if self._state == "closed"
@@ -224,23 +239,26 @@ class Memory:
 
     # ------------------------------------------------------------ the fold
     async def _fold(self) -> None:
+        try:
+            await self._fold_log()
+        except Exception as exc:  # noqa: BLE001 - handed to everyone waiting on the view
+            await self._fail(exc)
+
+    async def _fold_log(self) -> None:
         broker = self._check_open()
-        async with broker.subscribe(self.topic, max_batch=5000) as sub:
+        # after a snapshot, each partition is read from the record after the one it applied:
+        # only the log's tail is fetched
+        start = {p.partition: p.applied + 1 for p in self._parts if p.applied >= 0}
+        async with broker.subscribe(self.topic, max_batch=5000, start=start or "earliest") as sub:
             while True:
                 batch = await sub.getmany(timeout=None)
+                self.records_read += len(batch)
                 for record in batch:
                     part = self._parts[record.partition]
                     try:
                         op = decode_op(record.value or b"")
-                    except ValidationError as exc:
-                        self.rejected_records += 1  # not an op: skipped, never folded
-                        log.warning(
-                            "kv record %s[%d]@%d is not an op: %s",
-                            record.topic,
-                            record.partition,
-                            record.offset,
-                            exc.errors()[0]["msg"],
-                        )
+                    except ValueError as exc:
+                        self._reject(record, exc)
                         part.applied = max(part.applied, record.offset)
                         continue
                     changes, outcomes = part.apply(record.offset, record.timestamp, op)
@@ -249,7 +267,7 @@ class Memory:
                         if future is not None and not future.done():
                             future.set_result(outcome)
                     for change in changes:
-                        self._dispatch(change)
+                        self._feed.dispatch(change)
                     full = [b for b in self._blocking if b.full]
                     if full:
                         # a 'block' subscriber is behind: readers waiting for what was just
@@ -261,13 +279,23 @@ class Memory:
                 for partition in {r.partition for r in batch}:
                     self._wake(partition)
 
-    def _dispatch(self, change: Change) -> None:
-        for pattern, listener in list(self._listeners):
-            if pattern is None or fnmatch.fnmatchcase(change.key, pattern):
-                try:
-                    listener(change)
-                except Exception:  # an observer's bug must not stop the fold
-                    log.exception("observer of %r failed on %r", pattern, change)
+    def _reject(self, record: brokers.Record, exc: ValueError) -> None:
+        """A record that is not an op is skipped, never folded; a writer waiting for it is told."""
+        self.rejected_records += 1
+        reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
+        log.warning(
+            "kv record %s[%d]@%d is not an op: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+        )
+        for op_id in op_ids(record.value):
+            future = self._outcomes.pop(op_id, None)
+            if future is not None and not future.done():
+                future.set_exception(
+                    RecordRejectedError(record.topic, record.partition, record.offset, reason)
+                )
 
     def _wake(self, partition: int) -> None:
         applied = self._parts[partition].applied
@@ -337,26 +365,24 @@ class Memory:
     async def _level(
         self, keys: Iterable[str], consistency: Consistency | None, context: CausalContext | None
     ) -> None:
+        """Wait until the view is as fresh as the level asks for the keys' partitions; then note
+        in ``context`` where the session read."""
         broker = self._check_open()
-        level = _check_level(consistency or self.consistency)
+        level = check_level(consistency or self.consistency)
         partitions = {self.partition_of(k) for k in keys}
         if level == "strong":
             ends = await broker.end_offsets(self.topic)
             await self._reach({p: ends[p] for p in partitions})
-        elif level == "causal":
-            if context is None:
+        elif level in ("causal", "monotonic"):
+            if context is None and level == "causal":
                 raise ConfigurationError("a causal read needs context=: a session's CausalContext")
-            await self._reach(
-                {p: o for p, o in context.positions.items() if p in partitions}, ends=False
-            )
-        elif level == "monotonic":
-            seen = (context or self._seen).positions  # a session's reads, or this Memory's
-            await self._reach({p: o for p, o in seen.items() if p in partitions}, ends=False)
-        for p in partitions:
-            self._seen.observe(p, self._parts[p].applied)
+            # without a context the session is this Memory, whose view never goes back
+            if context is not None:
+                wanted = context.causal() if level == "causal" else context.reads
+                await self._reach({p: o for p, o in wanted.items() if p in partitions}, ends=False)
         if context is not None:
             for p in partitions:
-                context.observe(p, self._parts[p].applied)
+                context.note_read(p, self._parts[p].applied)
 
     def _entry(self, key: str) -> Entry | None:
         return self._parts[self.partition_of(key)].get(key)
@@ -461,7 +487,7 @@ class Memory:
             self._outcomes.pop(op_id, None)
             raise
         if context is not None:
-            context.observe(position.partition, position.offset)
+            context.note_write(position.partition, position.offset)
         if not wait:
             return WriteResult(True, None, None, position, "not waited for")
         outcome = await future
@@ -477,8 +503,12 @@ class Memory:
         return DeleteOp(key=_check_key(key))
 
     def _increment_op(self, key: str, delta: int | float) -> IncrementOp:
-        if not isinstance(delta, int | float) or isinstance(delta, bool):
-            raise ConfigurationError(f"delta {delta!r} must be a number")
+        if (
+            not isinstance(delta, int | float)
+            or isinstance(delta, bool)
+            or (isinstance(delta, float) and not math.isfinite(delta))
+        ):
+            raise ConfigurationError(f"delta {delta!r} must be a finite number")
         return IncrementOp(key=_check_key(key), delta=delta)
 
     def _cas_op(
@@ -645,7 +675,7 @@ class Memory:
                 for record in await sub.getmany(timeout=None):
                     try:
                         op = decode_op(record.value or b"")
-                    except ValidationError:
+                    except ValueError:
                         continue
                     changes, _ = parts[record.partition].apply(record.offset, record.timestamp, op)
                     if record.offset >= start.get(record.partition, -1):
@@ -655,7 +685,8 @@ class Memory:
     # ------------------------------------------------------------ events API
     def on(self, key: str, callback: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``callback`` on every change of ``key``; returns what :meth:`off` takes."""
-        return self.listen(None, _only(_check_key(key), callback))
+        self._check_open()
+        return self._feed.attach(callback, key=_check_key(key))
 
     def on_pattern(self, pattern: str, callback: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``callback`` on every change of keys matching the glob ``pattern``."""
@@ -687,15 +718,23 @@ class Memory:
             ProducerRecord(encode_op(BatchOp(ops=group)), None, partition)
             for partition, group in by_partition.items()
         ]
-        positions = await broker.produce_batch(self.topic, records)
+        try:
+            positions = await broker.produce_batch(self.topic, records)
+        except BaseException:
+            for op_id in ids:
+                self._outcomes.pop(op_id, None)
+            raise
         where = {
             op.id: pos
             for pos, group in zip(positions, by_partition.values(), strict=True)
             for op in group
         }
+        # every outcome is taken, so none is left unretrieved when one record was refused
+        outcomes = await asyncio.gather(*futures.values(), return_exceptions=True)
         results = []
-        for op_id in ids:
-            outcome = await futures[op_id]
+        for op_id, outcome in zip(ids, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
             results.append(
                 WriteResult(
                     outcome.applied, outcome.version, outcome.value, where[op_id], outcome.reason
@@ -707,32 +746,33 @@ class Memory:
     def listen(self, pattern: str | None, listener: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``listener`` with every change of keys matching ``pattern`` (all: ``None``),
         in log order per partition. Returns the function that stops it."""
-        entry = (pattern, listener)
-        self._listeners.append(entry)
-
-        def stop() -> None:
-            with contextlib.suppress(ValueError):
-                self._listeners.remove(entry)
-
-        return stop
+        self._check_open()
+        return self._feed.attach(listener, pattern=pattern)
 
     def observe(self, key: str) -> reactivex.Observable[Change]:
         """The key's current state (op ``current``), then every change: no gap, no duplicate.
 
         A reactivex Observable: every operator works on it. Time-based operators need the
-        asyncio scheduler, :attr:`scheduler`.
+        asyncio scheduler, :attr:`scheduler`. It completes when this Memory closes and errors
+        with :class:`ViewFailedError` if its view fails (subscribing then errors at once).
         """
         _check_key(key)
-        return feed_observable(
-            lambda on_next: self.listen(None, _only(key, on_next)),
-            lambda: [self.current(key)],
-        )
+
+        def initial() -> list[Change]:
+            self._check_open()
+            return [self.current(key)]
+
+        return feed_observable(lambda observer: self._feed.attach(observer, key=key), initial)
 
     def observe_pattern(self, pattern: str) -> reactivex.Observable[Change]:
         """The current state of every key matching the glob ``pattern``, then their changes."""
+
+        def initial() -> list[Change]:
+            self._check_open()
+            return [self.current(k) for k in self._matching(pattern)]
+
         return feed_observable(
-            lambda on_next: self.listen(pattern, on_next),
-            lambda: [self.current(k) for k in self._matching(pattern)],
+            lambda observer: self._feed.attach(observer, pattern=pattern), initial
         )
 
     @property
@@ -747,24 +787,26 @@ class Memory:
 
         ``overflow`` says what happens when the reader falls ``buffer`` changes behind:
         ``drop_oldest``, ``error`` (:class:`operators.BufferOverflowError`), or ``block`` (this
-        Memory's fold waits for the reader). ``close()`` ends the iteration.
+        Memory's fold waits for the reader). ``close()`` ends the iteration; so does closing
+        this Memory (``StopAsyncIteration`` after the buffered changes); if its view fails, the
+        next read raises :class:`ViewFailedError`.
         """
-        try:
-            changes: ChangeBuffer[Change] = ChangeBuffer(buffer, overflow)
-        except ValueError as exc:
-            raise ConfigurationError(str(exc)) from exc
-        stop = self.listen(pattern, changes.push)
-        if overflow == "block":
-            self._blocking.append(changes)
-        original_close = changes.close
+        self._check_open()
+        detach: Callable[[], None] | None = None
 
-        def close() -> None:
-            stop()
+        def closed() -> None:
+            if detach is not None:
+                detach()
             if changes in self._blocking:
                 self._blocking.remove(changes)
-            original_close()
 
-        changes.close = close  # type: ignore[method-assign]  # unregister on close
+        try:
+            changes: ChangeBuffer[Change] = ChangeBuffer(buffer, overflow, on_close=closed)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from exc
+        if overflow == "block":
+            self._blocking.append(changes)
+        detach = self._feed.attach(changes, pattern=pattern)
         return changes
 
     def _matching(self, pattern: str) -> list[str]:
@@ -790,22 +832,6 @@ class Memory:
         )
 
 
-def _only(key: str, on_next: Callable[[Change], None]) -> Callable[[Change], None]:
-    def listener(change: Change) -> None:
-        if change.key == key:
-            on_next(change)
-
-    return listener
-
-
-def _check_level(level: str) -> Consistency:
-    if level not in ("eventual", "strong", "causal", "monotonic"):
-        raise ConfigurationError(
-            f"consistency {level!r}: use 'eventual', 'strong', 'causal' or 'monotonic'"
-        )
-    return level  # type: ignore[return-value]  # checked just above
-
-
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key or len(key) > _MAX_KEY:
         raise ConfigurationError(
@@ -818,13 +844,30 @@ def _check_key(key: object) -> str:
 
 def _check_value(key: str, value: Any) -> Any:
     try:
-        brokers.json.dumps(value)
+        encoded = brokers.json.dumps(value)
     except TypeError as exc:
         raise ConfigurationError(
             f"value {value!r} for key {key!r} is not JSON-serializable: {exc}. Store dicts, "
             "lists, strings, numbers, booleans or None (or a pydantic model's model_dump())"
         ) from exc
+    # JSON has no NaN or infinity: the encoder would write them as null, silently
+    if b"null" in encoded and _non_finite(value):
+        raise ConfigurationError(
+            f"value {value!r} for key {key!r} holds NaN or infinity, which JSON cannot carry "
+            "(they would read back as None): store None or a string instead"
+        )
     return value
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple | set | frozenset):
+        return any(_non_finite(v) for v in value)
+    dump = getattr(value, "model_dump", None)
+    return callable(dump) and _non_finite(dump())
 
 
 def _ttl(ttl: float | None) -> int | None:

@@ -18,7 +18,7 @@ URL = os.environ.get("NEUROPLEX_BROKER", "memory://")
 
 async def main() -> None:
     async with Memory(URL, namespace=f"ui-{uuid.uuid4().hex[:6]}") as mem:
-        settled: list[str] = []
+        settled: asyncio.Queue[str] = asyncio.Queue()
         (
             mem.observe("search")
             .pipe(
@@ -26,12 +26,17 @@ async def main() -> None:
                 ops.map(lambda change: change.new),
                 ops.debounce(0.3, scheduler=mem.scheduler),  # time runs on the asyncio loop
             )
-            .subscribe(settled.append)
+            .subscribe(settled.put_nowait)
         )
-        for text in ("n", "ne", "neuro", "neuroplex"):  # typed quickly
+        typed = ("n", "ne", "neuro", "neuroplex")
+        for text in typed:
             await mem.set("search", text)
-        await asyncio.sleep(0.6)
-        print(f"search box settled on: {settled[-1]!r}")
+        # a pause of 0.3 s lets a value through: on a slow log an earlier one may settle too,
+        # but the last one typed always does
+        async with asyncio.timeout(10):
+            while (text := await settled.get()) != typed[-1]:
+                pass
+        print(f"search box settled on: {text!r}")
 
         # an async iterator with a bounded buffer: a slow reader keeps the newest changes
         prices = mem.subscribe("price:*", buffer=3, overflow="drop_oldest")

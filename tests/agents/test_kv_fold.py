@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agents._kv_fold import KVPartition
-from agents._kv_ops import BatchOp, CasOp, DeleteOp, IncrementOp, SetOp, TickOp
+from agents._kv_ops import (
+    BatchOp,
+    CasOp,
+    DeleteOp,
+    IncrementOp,
+    SetOp,
+    TickOp,
+    decode_op,
+    encode_op,
+)
 
 KEYS = st.sampled_from(["a", "b", "c"])
 VALUES = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.none())
@@ -84,7 +93,7 @@ def test_fold_equals_the_model(steps: list[tuple[Any, int]], batched: bool) -> N
         t += dt
         op = op.model_copy(update={"id": f"op{offset}"})
         record = BatchOp(ops=[op]) if batched and not isinstance(op, TickOp) else op
-        _, outcomes = fold.apply(offset, t, record)
+        _, outcomes = fold.apply(offset, t, decode_op(encode_op(record)))  # as read from the log
         expected = model.apply(offset, t, op)
         if expected is not None:
             got = dict(outcomes)[f"op{offset}"]

@@ -4,6 +4,7 @@ observer latency, and a restart over many keys; NATS KV through raw nats-py as t
 from __future__ import annotations
 
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -18,6 +19,8 @@ from tests.bench._results import Row
 READS = 200_000
 WRITES = 2_000
 CONCURRENCY = 50
+RESTART_KEYS = int(os.environ.get("NEUROPLEX_BENCH_RESTART_KEYS", "1000000"))
+RESTART_CHUNK = 5000  # records per produce_batch, each record one set op
 
 
 def _cuts(samples: list[float]) -> tuple[float, float]:
@@ -99,22 +102,52 @@ async def ours(url: str, backend: str) -> list[Row]:
     return rows
 
 
-async def restart(url: str, backend: str, keys: int) -> Row:
-    """Seconds until a Memory over ``keys`` keys is open again, from its local snapshot."""
+async def restart(url: str, backend: str, keys: int) -> list[Row]:
+    """A Memory over ``keys`` keys, each written by its own record (one set op, as a service
+    appending to the log would): seconds to fold the whole log on a first open, to write the
+    snapshot on close, and to open again from the snapshot (the restart)."""
     namespace = uuid.uuid4().hex[:8]
+    topic = f"kv.{namespace}"
     with tempfile.TemporaryDirectory() as snapshots:
         async with brokers.connect(url) as log:
-            async with Memory(
-                log, namespace=namespace, snapshot_dir=snapshots, janitor=False
-            ) as mem:
-                await mem.bulk_set(((f"key-{i}", i) for i in range(keys)), chunk=5000)
+            await log.create_topic(brokers.TopicSpec(topic, partitions=8))
+            t = time.perf_counter()
+            for start in range(0, keys, RESTART_CHUNK):
+                await log.produce_batch(
+                    topic,
+                    [
+                        brokers.ProducerRecord(
+                            brokers.json.dumps({"op": "set", "key": f"key-{i}", "value": i}),
+                            f"key-{i}".encode(),
+                        )
+                        for i in range(start, min(keys, start + RESTART_CHUNK))
+                    ],
+                )
+            produced = time.perf_counter() - t
+            t = time.perf_counter()
+            mem = Memory(log, namespace=namespace, snapshot_dir=snapshots, janitor=False)
+            async with mem:
+                folded = time.perf_counter() - t
+                assert mem.records_read == keys
+                t = time.perf_counter()
+            saved = time.perf_counter() - t
             t = time.perf_counter()
             async with Memory(
                 log, namespace=namespace, snapshot_dir=snapshots, janitor=False
             ) as mem:
                 elapsed = time.perf_counter() - t
                 assert mem.loaded_from_snapshot == keys
-    return Row.compared(f"kv.restart.{keys // 1000}k", backend, elapsed, "s", None)
+                assert mem.records_read == 0, "a restart from the snapshot reads no record"
+                assert await mem.get(f"key-{keys - 1}") == keys - 1
+    thousands = keys // 1000
+    return [
+        Row.compared(f"kv.restart.{thousands}k.produce", backend, produced, "s", None),
+        Row.compared(f"kv.restart.{thousands}k.fold", backend, folded, "s", None),
+        Row.compared(f"kv.restart.{thousands}k.snapshot", backend, saved, "s", None),
+        Row.compared(
+            f"kv.restart.{thousands}k", backend, elapsed, "s", None, target="ready in seconds"
+        ),
+    ]
 
 
 async def raw_nats_kv(url: str) -> tuple[float, float]:
@@ -155,6 +188,5 @@ async def bench(backend: str, url: str) -> list[Row]:
                 row.baseline, row.ratio = round(puts, 1), round(row.value / puts, 3)
             if row.name == "kv.get.eventual":
                 row.baseline, row.ratio = round(gets, 1), round(row.value / gets, 3)
-    if backend == "memory":
-        rows.append(await restart(url, backend, 1_000_000))
+    rows += await restart(url, backend, RESTART_KEYS)
     return rows
