@@ -121,10 +121,11 @@ class Table(Generic[K, V]):
         return frozenset(self._data)
 
     def partition_of(self, key: K) -> int:
-        """The partition a key belongs to (the source topic's partitioner)."""
-        now = current.get()
-        if now is not None and now.event.key == key and now.topic == self.source.name:
-            return now.partition  # the usual case, table[event.key]: no hashing needed
+        """The partition a key belongs to (the source topic's partitioner), remembered per key.
+
+        Always from the key: an event's own partition is not taken on trust (the agent's
+        source checks it, and reroutes or dead-letters a record found elsewhere).
+        """
         cached = self._partition_cache.get(key)
         if cached is not None:
             return cached
