@@ -551,13 +551,16 @@ class App:
             follower.cancel()
 
     async def _wall_clock(self, tables: list[WindowedTable[Any, Any]]) -> None:
-        """Emit windows whose time passed on the wall clock, once a second, until stopping."""
+        """Emit windows whose time passed on the wall clock, once a second, until stopping.
+
+        Sent from here, not with an agent's batch: on a quiet stream no batch comes.
+        """
         while not self._stop_requested.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._stop_requested.wait()
             for table in tables:
-                table.close_by_wall_clock()
+                await table.emit(table.close_by_wall_clock())
 
     async def __aexit__(
         self,

@@ -152,6 +152,7 @@ class WindowedTable(Generic[K, V]):
         self._time_undo: list[tuple[int, int | None]] = []
         self._closed_undo: list[tuple[int, tuple[int, str, Any]]] = []
         self._closing: list[ClosedWindow[K, V]] = []
+        self._late_undo = 0
         self._emitted: set[tuple[Any, Window]] = set()
         self._to_emit: list[ClosedWindow[K, V]] = []
 
@@ -184,14 +185,18 @@ class WindowedTable(Generic[K, V]):
         windows: Aggregates = dict(self.state.get(key) or {})
         grace = self.spec.grace_ms
         opened = []
+        late = False
         for w in self.spec.windows_for(t):
             if w.end + grace <= stream_time:
-                self.late += 1  # the window closed already: a late event
+                late = True  # the window closed already (a hopping event may fit others)
                 continue
             opened.append(_wkey(w))
             if opened[-1] not in windows:
                 windows[opened[-1]] = self.default()
                 self._schedule(partition, w, key)
+        if late:
+            self.late += 1
+            self._late_undo += 1
         # sessions: the event goes in its own window, which then merges with those it meets;
         # the other kinds: the event counts in every open window that covers it
         targets = (
@@ -258,10 +263,12 @@ class WindowedTable(Generic[K, V]):
                 self._to_emit.append(closed)
 
     def close_by_wall_clock(self, now_ms: int | None = None) -> list[ClosedWindow[K, V]]:
-        """Emit windows whose end + grace passed on the wall clock (for quiet streams).
+        """The windows whose end + grace passed on the wall clock (for quiet streams).
 
-        They stay in the state until stream time closes them (the fold stays deterministic)
-        but are not emitted twice by this worker; after a restart they may be again.
+        Each goes to ``on_close`` and is returned, for :meth:`emit` (the app does both once a
+        second with ``close_on_wall_clock``). They stay in the state until stream time closes
+        them (the fold stays deterministic) but are not handed out twice by this worker;
+        after a restart they may be again.
         """
         now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
         out: list[ClosedWindow[K, V]] = []
@@ -276,9 +283,15 @@ class WindowedTable(Generic[K, V]):
                     out.append(closed)
                     if self.on_close is not None:
                         self.on_close(closed)
-                    if self.emit_to is not None:
-                        self._to_emit.append(closed)
         return out
+
+    async def emit(self, windows: list[ClosedWindow[K, V]]) -> None:
+        """Send closed windows to ``emit_to`` as ``{"start", "end", "value"}``, keyed alike."""
+        if self.emit_to is not None and windows:
+            await self.emit_to.send_many(
+                (c.key, {"start": c.window.start, "end": c.window.end, "value": c.value})
+                for c in windows
+            )
 
     # -- batch participant (delegating to the state table, emitting closed windows first)
     def savepoint(self) -> None:
@@ -287,6 +300,7 @@ class WindowedTable(Generic[K, V]):
             self._deliver()
         self._time_undo.clear()
         self._closed_undo.clear()
+        self._late_undo = 0
 
     def rollback(self) -> None:
         """Undo the failed events: their windows' changes, stream time and closings."""
@@ -300,17 +314,15 @@ class WindowedTable(Generic[K, V]):
             if partition in self._deadlines:  # still held: its windows must close again
                 heapq.heappush(self._deadlines[partition], entry)
         self._closing.clear()
+        self.late -= self._late_undo
+        self._late_undo = 0
         self._time_undo.clear()
         self._closed_undo.clear()
 
     async def flush(self, positions: dict[TopicPartition, int]) -> None:
         self._deliver()
         emit, self._to_emit = self._to_emit, []
-        if self.emit_to is not None and emit:
-            await self.emit_to.send_many(
-                (c.key, {"start": c.window.start, "end": c.window.end, "value": c.value})
-                for c in emit
-            )
+        await self.emit(emit)  # before the changelog: restore counts on it (_restored)
         await self.state.flush(positions)
 
     async def start(self) -> None:

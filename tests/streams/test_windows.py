@@ -8,6 +8,7 @@ import operator
 import os
 import random
 import signal
+import time
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ from streams import (
     Window,
     WindowedTable,
 )
-from tests.brokers.conftest import SESSION_TIMEOUT, unique
+from tests.brokers.conftest import SESSION_TIMEOUT, consume, unique
 from tests.streams._counting import build_windowed, spawn
 
 T0 = 1_700_000_000_000  # event times in ms, as producers stamp them
@@ -329,3 +330,65 @@ async def test_sigkill_keeps_windows_equal_to_a_fresh_fold(broker_url: str) -> N
                 proc.send_signal(signal.SIGTERM)
             await proc.wait()
         assert proc.returncode == 0, "SIGTERM drains and exits 0"
+
+
+@pytest.mark.backends("memory", "sqlite")  # the wall-clock task and emit_to, not a log feature
+async def test_wall_clock_closes_windows_of_a_quiet_stream_to_emit_to(
+    broker: brokers.Broker,
+) -> None:
+    """Hopping windows with grace: late events counted once; a quiet stream still emits."""
+    app = App(unique("wall"), broker=broker, partitions=1, session_timeout=SESSION_TIMEOUT)
+    clicks = app.topic(unique("clicks"), value_type=dict[str, int])
+    closed_topic = app.topic(unique("closed"), value_type=dict[str, int])
+    on_close: list[ClosedWindow[str, int]] = []
+    table = app.windowed_table(
+        "per_key",
+        source=clicks,
+        window=Hopping.of(10, 5, grace=3),
+        default=int,
+        on_close=on_close.append,
+        emit_to=closed_topic,
+        close_on_wall_clock=True,
+        time_of=at,
+    )
+    handled: list[int] = []
+
+    @app.agent(clicks)
+    async def count(stream: EventStream) -> None:
+        async for event in stream:
+            table[event.key] += 1
+            handled.append(event.offset)
+
+    # event times two minutes behind the wall clock: every window is due by it at once
+    base = (time.time_ns() // 1_000_000 - 120_000) // 10_000 * 10_000
+
+    def window(start_s: int) -> tuple[int, int]:
+        return base + start_s * 1000, base + (start_s + 10) * 1000
+
+    async def sent_windows(count: int) -> list[tuple[tuple[int, int], int]]:
+        async with broker.subscribe(closed_topic.name) as sub:
+            records = await consume(sub, count)
+        return [
+            ((v["start"], v["end"]), v["value"])
+            for v in (brokers.json.loads(r.value or b"{}") for r in records)
+        ]
+
+    async with app:
+        # 12 closes [-5, 5) by stream time (5 + 3 <= 12); 2 is late for it, in time for [0, 10)
+        seconds = [1, 6, 12, 2]
+        await clicks.send_many([("k", {"at": base + s * 1000}) for s in seconds])
+        await wait_handled(handled, 4)
+        assert table.late == 1, "the event late for one of its windows, counted once"
+        # no more events: the other windows go out on the wall clock
+        first = await sent_windows(4)
+        assert sorted(first) == [(window(-5), 1), (window(0), 3), (window(5), 2), (window(10), 1)]
+        assert sorted(first) == sorted(((c.window.start, c.window.end), c.value) for c in on_close)
+        assert sorted(table["k"].windows()) == [Window(*window(s)) for s in (0, 5, 10)]
+
+        # stream time then closes them: they leave the state and are not sent again
+        await clicks.send("k", {"at": base + 60_000})
+        await wait_handled(handled, 5)
+        assert sorted(table["k"].windows()) == [Window(*window(s)) for s in (55, 60)]
+        everything = await sent_windows(6)  # the new windows come on the next wall-clock tick
+    assert sorted(everything[4:]) == [(window(55), 1), (window(60), 1)]
+    assert len(on_close) == 6
