@@ -16,6 +16,7 @@ from streams._codec import BytesCodec, Codec, JsonCodec, StrCodec
 from streams._errors import DeclarationError, DecodeError, EncodeError
 from streams._event import Event
 from streams._global import GlobalTable
+from streams._placement import MisplacedPolicy
 from streams._stream import EventStream, Stream
 from streams._table import RestoreProgress, Table, TableError
 from streams._topic import DEAD_LETTER_SUFFIX, Topic
@@ -39,6 +40,7 @@ __all__ = (
     "GlobalTable",
     "Hopping",
     "JsonCodec",
+    "MisplacedPolicy",
     "RestoreProgress",
     "Session",
     "Sliding",

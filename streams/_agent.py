@@ -8,8 +8,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 
-from brokers import NeuroplexError, Record, Subscription, TopicPartition
+from brokers import NeuroplexError, ProducerRecord, Record, Subscription, TopicPartition
+from streams._errors import DeclarationError
 from streams._event import Event
+from streams._placement import MisplacedPolicy, Placement
 from streams._stream import EventStream, Source, source_stream
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ class Agent(Generic[K, V]):
         retries: int,
         backoff: float,
         sink: Topic[Any, Any] | None,
+        on_misplaced: MisplacedPolicy | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -71,6 +74,7 @@ class Agent(Generic[K, V]):
         self.retries = retries
         self.backoff = backoff
         self.sink = sink
+        self._on_misplaced = on_misplaced
         self._is_stream_function = inspect.iscoroutinefunction(fn)
         self._members: list[Subscription] = []
 
@@ -81,6 +85,23 @@ class Agent(Generic[K, V]):
     def assignments(self) -> list[frozenset[TopicPartition]]:
         """The partitions each of this worker's members of the agent's group holds now."""
         return [sub.assignment for sub in self._members]
+
+    def misplaced_policy(self) -> MisplacedPolicy:
+        """What this agent does with a keyed record on another partition than its key's.
+
+        Declared, or by default ``reroute`` when the topic feeds tables and ``accept`` when
+        not. Raises :class:`DeclarationError` for ``accept`` on a topic that feeds tables.
+        """
+        stateful = bool(self.app.tables_of(self.topic))
+        policy = self._on_misplaced or ("reroute" if stateful else "accept")
+        if policy == "accept" and stateful:
+            tables = ", ".join(repr(t.name) for t in self.app.tables_of(self.topic))
+            raise DeclarationError(
+                f"agent {self.name!r}: on_misplaced='accept' would fold records found on "
+                f"another partition than their key's into the wrong partition of {tables}; "
+                "use 'reroute' (the default) or 'dead_letter'"
+            )
+        return policy
 
     @property
     def group(self) -> str:
@@ -111,6 +132,11 @@ class Agent(Generic[K, V]):
         app = self.app
         tables = app.tables_of(self.topic)
         source: Source | None = None
+        policy = self.misplaced_policy()
+        placement = None
+        if policy != "accept":
+            spec = await app.broker.describe_topic(self.topic.name)
+            placement = Placement(spec.partitions, policy)
 
         async def revoked(tps: frozenset[TopicPartition]) -> None:
             if source is not None:
@@ -132,6 +158,8 @@ class Agent(Generic[K, V]):
                 dead_letter=app.dead_letter,
                 participants=list(tables),
                 commit_interval=app.commit_interval,
+                placement=placement,
+                reroute=self._reroute,
             )
             app.sources.add(source)
             if app.stopping:
@@ -157,6 +185,10 @@ class Agent(Generic[K, V]):
                 if not source.closed:
                     await source.finish_batch()
                 return
+
+    async def _reroute(self, copies: list[ProducerRecord]) -> None:
+        """Send misplaced records to their keys' partitions of the agent's topic."""
+        await self.app.broker.produce_batch(self.topic.name, copies)
 
     async def _failed(
         self,

@@ -19,8 +19,9 @@ from streams._agent import Agent, ErrorPolicy
 from streams._errors import DeclarationError
 from streams._event import Event
 from streams._global import GlobalTable
+from streams._placement import MISPLACED_POLICIES, ORIGIN_HEADER, MisplacedPolicy
 from streams._store import StoreKind
-from streams._stream import ORIGIN_HEADER, EventStream, Source
+from streams._stream import EventStream, Source
 from streams._table import RestoreProgress, Table
 from streams._topic import DEAD_LETTER_SUFFIX, Topic
 from streams._windowed import ClosedWindow, WindowedTable
@@ -155,6 +156,7 @@ class App:
         retries: int = 0,
         backoff: float = 0.5,
         sink: Topic[Any, Any] | None = None,
+        on_misplaced: MisplacedPolicy | None = None,
     ) -> Callable[[F], F]:
         """Declare an agent over ``topic``'s stream.
 
@@ -172,6 +174,11 @@ class App:
             retries: how many times a failing event is retried first.
             backoff: seconds before the first retry, doubling after each.
             sink: where a per-event function's results are sent.
+            on_misplaced: a keyed record found on another partition than its key's (a
+                producer with another partitioner) is ``reroute``-d to its key's partition,
+                sent to the ``dead_letter`` topic with the reason, or handled where it is
+                (``accept``, for agents that keep no state per key). Default: ``reroute``
+                when the topic feeds tables, else ``accept``.
         """
         if topic.app is not self:
             raise DeclarationError(f"{topic!r} belongs to another app: declare it on {self!r}")
@@ -179,6 +186,10 @@ class App:
             raise DeclarationError("concurrency >= 1, retries >= 0 and backoff >= 0 are needed")
         if on_error not in ("raise", "skip", "dead_letter"):
             raise DeclarationError(f"on_error={on_error!r}: use 'raise', 'skip' or 'dead_letter'")
+        if on_misplaced is not None and on_misplaced not in MISPLACED_POLICIES:
+            raise DeclarationError(
+                f"on_misplaced={on_misplaced!r}: use 'reroute', 'dead_letter' or 'accept'"
+            )
 
         def declare(fn: F) -> F:
             agent_name: str = name or str(getattr(fn, "__name__", "agent"))
@@ -194,6 +205,7 @@ class App:
                 retries=retries,
                 backoff=backoff,
                 sink=sink,
+                on_misplaced=on_misplaced,
             )
             return fn
 
@@ -469,6 +481,8 @@ class App:
     async def __aenter__(self) -> Self:
         if self._started:
             raise ResourceStateError(f"app {self.name!r} is already started")
+        for agent in self.agents.values():
+            agent.misplaced_policy()  # a policy the tables rule out fails here, not later
         self._started = True
         arg = self._broker_arg
         if arg is None:
@@ -537,13 +551,16 @@ class App:
             follower.cancel()
 
     async def _wall_clock(self, tables: list[WindowedTable[Any, Any]]) -> None:
-        """Emit windows whose time passed on the wall clock, once a second, until stopping."""
+        """Emit windows whose time passed on the wall clock, once a second, until stopping.
+
+        Sent from here, not with an agent's batch: on a quiet stream no batch comes.
+        """
         while not self._stop_requested.is_set():
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._stop_requested.wait()
             for table in tables:
-                table.close_by_wall_clock()
+                await table.emit(table.close_by_wall_clock())
 
     async def __aexit__(
         self,

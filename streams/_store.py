@@ -29,7 +29,7 @@ _CACHE = 10_000  # entries kept in memory per partition map
 
 
 class PartitionState(Generic[K, V]):
-    """One partition of a table: values, per-key source positions, per-key upstream positions."""
+    """One partition of a table: values, per-key source and upstream positions, stream time."""
 
     def __init__(
         self,
@@ -37,11 +37,13 @@ class PartitionState(Generic[K, V]):
         positions: MutableMapping[K, int],
         origins: MutableMapping[K, dict[int, int]],
         changelog_next: int = 0,
+        stream_time: int | None = None,
     ) -> None:
         self.data = data
         self.positions = positions
         self.origins = origins
         self.changelog_next = changelog_next  # the changelog offset after what this state holds
+        self.stream_time = stream_time  # windowed tables: the highest event time folded
 
 
 class _SqliteMap(MutableMapping[Any, Any]):

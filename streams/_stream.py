@@ -9,6 +9,9 @@ and flushed and committed as one (a key changed in each is written to its change
 soon as the log has nothing more ready, what is held is flushed, so an idle agent commits
 promptly. If the agent fails, participants roll back to the failing event's savepoint and the
 event is retried, skipped or dead-lettered.
+
+A source also checks that each keyed record is on the partition its key belongs on, and
+applies the agent's policy to one that is not (see :mod:`streams._placement`).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from brokers import Record, StaleMemberError, Subscription, TopicPartition
+from brokers import ProducerRecord, Record, StaleMemberError, Subscription, TopicPartition
 from streams._context import Current
 from streams._context import current as _current
 from streams._errors import DecodeError
 from streams._event import Event
+from streams._placement import Placement, forwarded, rerouted
 
 if TYPE_CHECKING:
     from streams._global import GlobalTable
@@ -66,10 +70,17 @@ class Source:
         dead_letter: Callable[[Record, str], Awaitable[None]],
         participants: list[BatchParticipant],
         commit_interval: float = 0.0,
+        placement: Placement | None = None,
+        reroute: Callable[[list[ProducerRecord]], Awaitable[object]] | None = None,
     ) -> None:
         self.topic = topic
         self.sub = sub
         self._dead_letter = dead_letter
+        # misplaced keyed records: checked unless the agent accepts them (placement None)
+        self._placement = placement
+        self._reroute = reroute
+        self._rerouted: list[ProducerRecord] = []  # sent before the batch's commit
+        self._group = sub.group
         self._participants = participants
         self._commit_interval = commit_interval
         # next-offsets of the events of earlier batches, handed out but not yet committed
@@ -104,6 +115,24 @@ class Source:
                 if i in self._skip:
                     continue
                 record = self._batch[i]
+                origin = None
+                if record.headers:
+                    origin, by = forwarded(record.headers)
+                    if by is not None and by != self._group:
+                        # another agent's reroute of a record this one handled where it landed
+                        self._skip.add(i)
+                        continue
+                    if by is None and not self.topic.repartition:
+                        origin = None  # elsewhere only this agent's reroutes have one
+                placement = self._placement
+                if placement is not None and record.key is not None:
+                    home = placement.homes.get(record.key)
+                    if home is None:
+                        home = placement.home(record.key)
+                    if home != record.partition:
+                        await self._misplaced(placement, record, home)
+                        self._skip.add(i)
+                        continue
                 try:
                     event = self.topic.decode(record)
                 except DecodeError as exc:
@@ -113,7 +142,6 @@ class Source:
                 self.current = i
                 if savepoint:
                     self.savepoint(i)
-                origin = _origin(record) if self.topic.repartition else None
                 _current.set(
                     Current(
                         self,
@@ -152,6 +180,23 @@ class Source:
                     return None
                 continue
             self._take(batch)
+
+    async def _misplaced(self, placement: Placement, record: Record, home: int) -> None:
+        """A keyed record on another partition than its key's: never fold it here."""
+        if placement.policy == "dead_letter" or self._reroute is None or self._group is None:
+            await self._dead_letter(record, placement.reason(record, home))
+            return
+        # rerouted before the batch's positions are committed: a crash in between sends the
+        # copy again, and tables recognise it by its origin
+        self._rerouted.append(rerouted(record, home, self._group))
+        log.warning(
+            "%s[%d]@%d: key %r belongs on partition %d, rerouted there",
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            home,
+        )
 
     def _may_hold(self, now: float) -> bool:
         if self._commit_interval <= 0:
@@ -207,6 +252,9 @@ class Source:
         if not positions:
             self._take([])
             return
+        if self._rerouted and self._reroute is not None:
+            copies, self._rerouted = self._rerouted, []
+            await self._reroute(copies)
         for participant in self._participants:
             await participant.flush(positions)
         if self.sub.group is not None:
@@ -229,18 +277,6 @@ class Source:
             self._skip.update(range(self._mark, self.current + 1))
         self._index = self._mark
         self.current = None
-
-
-ORIGIN_HEADER = "x-origin"
-"""On a repartition topic: ``<partition>:<offset>`` of the record it was forwarded from."""
-
-
-def _origin(record: Record) -> tuple[int, int] | None:
-    for name, value in record.headers:
-        if name == ORIGIN_HEADER:
-            partition, _, offset = value.decode().partition(":")
-            return int(partition), int(offset)
-    return None
 
 
 class Stream(Generic[T]):

@@ -10,6 +10,13 @@ position is already past that event is ignored: its value already holds the even
 This holds key by key, so a changelog flush cut short by a crash (some keys written, others
 not) neither loses nor doubles anything; and restore, which keeps for each key the record with
 the highest position, gives the same state as a fresh fold of the source whoever wrote it.
+
+A windowed table's state also depends on each partition's *stream time* (the highest event
+time folded: it decides which windows are closed). Its changelog records carry it in the
+``x-stream-time`` header, the partition's stream time when the record was written, and restore
+takes the highest. That is at least the stream time at the last commit (the event that set it
+wrote its own key, whose window is still open), so replaying from there never reopens a window
+a fresh fold has closed.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 SOURCE_HEADER = "x-source-next"
+STREAM_TIME_HEADER = "x-stream-time"  # windowed tables: the partition's stream time, ms
 ORIGINS_HEADER = "x-origin-next"  # JSON {upstream partition: next offset} behind a repartition
 _MISSING: Any = object()
 
@@ -65,6 +73,7 @@ class Table(Generic[K, V]):
         on_restore: RestoreProgress | None = None,
         store: StoreKind = "memory",
         standby: bool = False,
+        stream_time: bool = False,
     ) -> None:
         self.app = app
         self.name = name
@@ -95,6 +104,12 @@ class Table(Generic[K, V]):
         self.standby = standby
         self._standby: dict[int, PartitionState[K, V]] = {}  # warm copies of others' partitions
         self._rewind: dict[int, int] = {}  # warm copies the follower must read again from
+        # per partition, the stream time of a windowed table: the windowed table advances it,
+        # the changelog keeps it (a header), restore brings it back
+        self.stream_times: dict[int, int] = {}
+        self._keeps_stream_time = stream_time
+        if stream_time and store != "memory":
+            raise TableError(f"table {name!r}: a windowed table keeps its state in memory")
 
     def __repr__(self) -> str:
         return f"<Table {self.name} of {self.source.name} holding {sorted(self._data)}>"
@@ -106,10 +121,11 @@ class Table(Generic[K, V]):
         return frozenset(self._data)
 
     def partition_of(self, key: K) -> int:
-        """The partition a key belongs to (the source topic's partitioner)."""
-        now = current.get()
-        if now is not None and now.event.key == key and now.topic == self.source.name:
-            return now.partition  # the usual case, table[event.key]: no hashing needed
+        """The partition a key belongs to (the source topic's partitioner), remembered per key.
+
+        Always from the key: an event's own partition is not taken on trust (the agent's
+        source checks it, and reroutes or dead-letters a record found elsewhere).
+        """
         cached = self._partition_cache.get(key)
         if cached is not None:
             return cached
@@ -161,6 +177,11 @@ class Table(Generic[K, V]):
     def items(self) -> Iterator[tuple[K, V]]:
         for data in self._data.values():
             yield from data.items()
+
+    def partition_data(self, partition: int) -> MutableMapping[K, V]:
+        """The values of a partition this worker holds, changed in place by the windowed
+        table built on this one (without a changelog write: restoring derives the same)."""
+        return self._data[partition]
 
     def position(self, key: K) -> int | None:
         """The source position up to which ``key``'s value includes the events."""
@@ -265,9 +286,12 @@ class Table(Generic[K, V]):
                 continue  # revoked meanwhile: the new owner replays these events
             records = []
             origins = self._origins[partition]
+            stamp: tuple[tuple[str, bytes], ...] = ()
+            if partition in self.stream_times:
+                stamp = ((STREAM_TIME_HEADER, str(self.stream_times[partition]).encode()),)
             for key, position in keys.items():
                 value = data.get(key, _MISSING)
-                headers: tuple[tuple[str, bytes], ...] = ((SOURCE_HEADER, str(position).encode()),)
+                headers = ((SOURCE_HEADER, str(position).encode()), *stamp)
                 if key in origins:
                     headers += ((ORIGINS_HEADER, json.dumps(origins[key])),)
                 records.append(
@@ -321,6 +345,7 @@ class Table(Generic[K, V]):
                             self._origins[p],
                             self._changelog_next.get(p, 0),
                         )
+                        self._standby[p].stream_time = self.stream_times.get(p)
                         # the follower skipped this partition while it was ours: read it
                         # again from where the copy ends
                         self._rewind[p] = self._changelog_next.get(p, 0)
@@ -328,6 +353,7 @@ class Table(Generic[K, V]):
                 self._positions.pop(tp.partition, None)
                 self._origins.pop(tp.partition, None)
                 self._dirty.pop(tp.partition, None)
+                self.stream_times.pop(tp.partition, None)
 
     async def load(self, partitions: Iterable[int] | None = None) -> None:
         """Fold changelog partitions into this table (all by default) as a read-only replica.
@@ -359,6 +385,7 @@ class Table(Generic[K, V]):
                 state = self._open_state(partition)
             start = max(begin, state.changelog_next)
         data, positions, origins = state.data, state.positions, state.origins
+        stream_time = state.stream_time if start > begin else None
         read = 0
         tp = TopicPartition(name, partition)
         if end > start:
@@ -372,6 +399,8 @@ class Table(Generic[K, V]):
                             continue
                         key = self._key_codec.decode(record.key)
                         position, upstream = _positions_in(record.headers)
+                        if self._keeps_stream_time:
+                            stream_time = _later(stream_time, record.headers)
                         if positions.get(key, -1) > position:
                             continue
                         positions[key] = position
@@ -386,6 +415,8 @@ class Table(Generic[K, V]):
         self._data[partition] = data
         self._positions[partition] = positions
         self._origins[partition] = origins
+        if stream_time is not None:
+            self.stream_times[partition] = stream_time
         self._changelog_next[partition] = max(end, state.changelog_next)
         if self._store is not None:
             self._store.commit({partition: self._changelog_next[partition]})
@@ -421,6 +452,8 @@ class Table(Generic[K, V]):
                         continue
                     key = self._key_codec.decode(record.key)
                     position, upstream = _positions_in(record.headers)
+                    if self._keeps_stream_time:
+                        warm.stream_time = _later(warm.stream_time, record.headers)
                     if warm.positions.get(key, -1) > position:
                         continue
                     warm.positions[key] = position
@@ -452,3 +485,12 @@ def _positions_in(headers: tuple[tuple[str, bytes], ...]) -> tuple[int, dict[int
         elif name == ORIGINS_HEADER:
             upstream = {int(p): int(o) for p, o in json.loads(value).items()}
     return position, upstream
+
+
+def _later(stream_time: int | None, headers: tuple[tuple[str, bytes], ...]) -> int | None:
+    """The higher of ``stream_time`` and the stream time a changelog record carries."""
+    for name, value in headers:
+        if name == STREAM_TIME_HEADER:
+            stamped = int(value)
+            return stamped if stream_time is None or stamped > stream_time else stream_time
+    return stream_time

@@ -3,14 +3,17 @@
 The table's key stays the source key, so partitioning and exactly-once state are those of
 :class:`~streams.Table`; the value is ``{window: aggregate}`` for the key's open windows.
 Windows close deterministically by stream time (see :mod:`streams._windows`); closed windows
-are removed from the state and handed to ``on_close`` (and sent to ``emit_to``).
+are removed from the state and handed to ``on_close`` (and sent to ``emit_to``). Each
+partition's stream time is part of the state: it goes to the changelog with the windows and
+comes back with them when the partition is restored, so a worker that restarts (or takes the
+partition over) closes exactly the windows a fresh fold of the input would.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from brokers import TopicPartition
@@ -136,10 +139,20 @@ class WindowedTable(Generic[K, V]):
         self.emit_to = emit_to
         self.close_on_wall_clock = close_on_wall_clock
         self.time_of = time_of
-        self.state: Table[K, Aggregates] = Table(app, name, source=source, value_type=Aggregates)
+        self.state: Table[K, Aggregates] = Table(
+            app, name, source=source, value_type=Aggregates, stream_time=True
+        )
         self.late = 0
         self._deadlines: dict[int, list[tuple[int, str, Any]]] = {}
-        self._stream_time: dict[int, int] = {}
+        # the state table keeps (and restores) each partition's stream time
+        self._stream_time = self.state.stream_times
+        # since the savepoint: stream times advanced, deadlines popped, windows closed; the
+        # closed windows reach on_close and emit_to only once their events are done, so an
+        # event that fails (and is retried, skipped) does not close a window twice
+        self._time_undo: list[tuple[int, int | None]] = []
+        self._closed_undo: list[tuple[int, tuple[int, str, Any]]] = []
+        self._closing: list[ClosedWindow[K, V]] = []
+        self._late_undo = 0
         self._emitted: set[tuple[Any, Window]] = set()
         self._to_emit: list[ClosedWindow[K, V]] = []
 
@@ -164,20 +177,26 @@ class WindowedTable(Generic[K, V]):
             raise TableError(f"windowed table {self.name!r} changes only inside an agent")
         partition = now.partition
         t = now.timestamp if self.time_of is None else int(self.time_of(now.event))
-        stream_time = max(self._stream_time.get(partition, t), t)
-        self._stream_time[partition] = stream_time
+        stream_time = self._stream_time.get(partition)
+        if stream_time is None or t > stream_time:
+            self._time_undo.append((partition, stream_time))
+            self._stream_time[partition] = stream_time = t
         self._close_due(partition, stream_time)
         windows: Aggregates = dict(self.state.get(key) or {})
         grace = self.spec.grace_ms
         opened = []
+        late = False
         for w in self.spec.windows_for(t):
             if w.end + grace <= stream_time:
-                self.late += 1  # the window closed already: a late event
+                late = True  # the window closed already (a hopping event may fit others)
                 continue
             opened.append(_wkey(w))
             if opened[-1] not in windows:
                 windows[opened[-1]] = self.default()
                 self._schedule(partition, w, key)
+        if late:
+            self.late += 1
+            self._late_undo += 1
         # sessions: the event goes in its own window, which then merges with those it meets;
         # the other kinds: the event counts in every open window that covers it
         targets = (
@@ -213,7 +232,9 @@ class WindowedTable(Generic[K, V]):
     def _close_due(self, partition: int, stream_time: int) -> None:
         heap = self._deadlines.get(partition)
         while heap and heap[0][0] <= stream_time:
-            _, wk, key = heapq.heappop(heap)
+            entry = heapq.heappop(heap)
+            self._closed_undo.append((partition, entry))
+            _, wk, key = entry
             windows = self.state.get(key)
             if not windows or wk not in windows:
                 continue  # merged into a session, or already closed
@@ -226,20 +247,28 @@ class WindowedTable(Generic[K, V]):
                 del self.state[key]
 
     def _closed(self, closed: ClosedWindow[K, V]) -> None:
-        marker = (closed.key, closed.window)
-        if marker in self._emitted:
-            self._emitted.discard(marker)  # already emitted on wall-clock time
-            return
-        if self.on_close is not None:
-            self.on_close(closed)
-        if self.emit_to is not None:
-            self._to_emit.append(closed)
+        self._closing.append(closed)
+
+    def _deliver(self) -> None:
+        """Hand the windows the events since the savepoint closed to on_close and emit_to."""
+        closing, self._closing = self._closing, []
+        for closed in closing:
+            marker = (closed.key, closed.window)
+            if marker in self._emitted:
+                self._emitted.discard(marker)  # already emitted on wall-clock time
+                continue
+            if self.on_close is not None:
+                self.on_close(closed)
+            if self.emit_to is not None:
+                self._to_emit.append(closed)
 
     def close_by_wall_clock(self, now_ms: int | None = None) -> list[ClosedWindow[K, V]]:
-        """Emit windows whose end + grace passed on the wall clock (for quiet streams).
+        """The windows whose end + grace passed on the wall clock (for quiet streams).
 
-        They stay in the state until stream time closes them (the fold stays deterministic)
-        but are not emitted twice by this worker; after a restart they may be again.
+        Each goes to ``on_close`` and is returned, for :meth:`emit` (the app does both once a
+        second with ``close_on_wall_clock``). They stay in the state until stream time closes
+        them (the fold stays deterministic) but are not handed out twice by this worker;
+        after a restart they may be again.
         """
         now = time.time_ns() // 1_000_000 if now_ms is None else now_ms
         out: list[ClosedWindow[K, V]] = []
@@ -254,43 +283,97 @@ class WindowedTable(Generic[K, V]):
                     out.append(closed)
                     if self.on_close is not None:
                         self.on_close(closed)
-                    if self.emit_to is not None:
-                        self._to_emit.append(closed)
         return out
+
+    async def emit(self, windows: list[ClosedWindow[K, V]]) -> None:
+        """Send closed windows to ``emit_to`` as ``{"start", "end", "value"}``, keyed alike."""
+        if self.emit_to is not None and windows:
+            await self.emit_to.send_many(
+                (c.key, {"start": c.window.start, "end": c.window.end, "value": c.value})
+                for c in windows
+            )
 
     # -- batch participant (delegating to the state table, emitting closed windows first)
     def savepoint(self) -> None:
         self.state.savepoint()
+        if self._closing:
+            self._deliver()
+        self._time_undo.clear()
+        self._closed_undo.clear()
+        self._late_undo = 0
 
     def rollback(self) -> None:
+        """Undo the failed events: their windows' changes, stream time and closings."""
         self.state.rollback()
+        for partition, previous in reversed(self._time_undo):
+            if previous is None:
+                self._stream_time.pop(partition, None)
+            else:
+                self._stream_time[partition] = previous
+        for partition, entry in self._closed_undo:
+            if partition in self._deadlines:  # still held: its windows must close again
+                heapq.heappush(self._deadlines[partition], entry)
+        self._closing.clear()
+        self.late -= self._late_undo
+        self._late_undo = 0
+        self._time_undo.clear()
+        self._closed_undo.clear()
 
     async def flush(self, positions: dict[TopicPartition, int]) -> None:
+        self._deliver()
         emit, self._to_emit = self._to_emit, []
-        if self.emit_to is not None and emit:
-            await self.emit_to.send_many(
-                (c.key, {"start": c.window.start, "end": c.window.end, "value": c.value})
-                for c in emit
-            )
+        await self.emit(emit)  # before the changelog: restore counts on it (_restored)
         await self.state.flush(positions)
 
     async def start(self) -> None:
         await self.state.start()
 
     async def on_assigned(self, tps: frozenset[TopicPartition]) -> None:
+        held = self.state.partitions
         await self.state.on_assigned(tps)
-        for tp in tps:
-            if tp.topic == self.state.source.name:
-                for key, windows in self.state.items():
-                    if self.state.partition_of(key) == tp.partition:
-                        for wk in windows:
-                            self._schedule(tp.partition, _window(wk), key)
+        for partition in sorted(self.state.partitions - held):
+            self._restored(partition)
+
+    async def load(self, partitions: Iterable[int] | None = None) -> None:
+        """Fold changelog partitions (all by default) into this table as a read-only replica.
+
+        For a worker that reads windows it does not own (a dashboard, a test's check).
+        """
+        await self.state.load(partitions)
+        for partition in sorted(self.state.partitions):
+            self._restored(partition)
+
+    def _restored(self, partition: int) -> None:
+        """A partition came back from the changelog: its windows wait for their deadlines.
+
+        A window already closed at the restored stream time is dropped, not closed again:
+        the worker that closed it emitted it before writing the changelog, and a changelog
+        write cut short by a crash may have left the window in a key's last record.
+        """
+        heap: list[tuple[int, str, Any]] = []
+        self._deadlines[partition] = heap
+        stream_time = self._stream_time.get(partition)
+        grace = self.spec.grace_ms
+        data = self.state.partition_data(partition)
+        for key, windows in list(data.items()):
+            remaining = {
+                wk: v
+                for wk, v in windows.items()
+                if stream_time is None or _window(wk).end + grace > stream_time
+            }
+            if len(remaining) < len(windows):
+                if remaining:
+                    data[key] = remaining  # what the fold holds; the next write records it
+                else:
+                    del data[key]
+            heap.extend((_window(wk).end + grace, wk, key) for wk in remaining)
+        heapq.heapify(heap)
 
     async def on_revoked(self, tps: frozenset[TopicPartition]) -> None:
         for tp in tps:
-            self._deadlines.pop(tp.partition, None)
-            self._stream_time.pop(tp.partition, None)
-        await self.state.on_revoked(tps)
+            if tp.topic == self.state.source.name:
+                self._deadlines.pop(tp.partition, None)
+        await self.state.on_revoked(tps)  # drops the partition's stream time too
 
     @property
     def source(self) -> Topic[K, Any]:

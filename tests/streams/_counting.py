@@ -1,16 +1,24 @@
-"""A counting worker for the chaos test: per-user counts in a table, run until killed.
+"""Counting workers for the chaos tests, run until killed.
 
-Usage: python -m tests.streams._counting URL APP TOPIC
+Usage: python -m tests.streams._counting URL APP TOPIC [windowed]
 
-Prints ``flushed`` (flushed stdout) whenever a batch is done, so the test can kill it
+``counts``: per-user counts in a table. ``windowed``: per-key sums in 10-second tumbling
+windows of the events' own times (2 s of grace), closed windows sent to ``<app>.closed``.
+Either prints ``flushed`` (flushed stdout) after each chunk of events, so a test can kill it
 mid-work.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sys
+from collections.abc import Callable
+from pathlib import Path
 
-from streams import App, EventStream
+from streams import App, EventStream, Tumbling
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def build(url: str, name: str, topic_name: str, *, session_timeout: float = 3.0) -> App:
@@ -28,5 +36,59 @@ def build(url: str, name: str, topic_name: str, *, session_timeout: float = 3.0)
     return app
 
 
+def build_windowed(
+    url: str,
+    name: str,
+    topic_name: str,
+    *,
+    session_timeout: float = 3.0,
+    handled: Callable[[int], None] | None = None,
+) -> App:
+    """``handled`` hears the size of each chunk done (default: print ``flushed``)."""
+    app = App(name, broker=url, partitions=2, session_timeout=session_timeout)
+    clicks = app.topic(topic_name, value_type=dict[str, int])
+    closed = app.topic(f"{name}.closed", value_type=dict[str, int])
+    sums = app.windowed_table(
+        "sums",
+        source=clicks,
+        window=Tumbling.of(10, grace=2),
+        default=int,
+        emit_to=closed,
+        time_of=lambda event: event.value["at"],
+    )
+
+    @app.agent(clicks)
+    async def add(stream: EventStream) -> None:
+        async for chunk in stream.take(25, within=0.2):
+            for event in chunk:
+                sums[event.key] += event.value["n"]
+            if handled is None:
+                print("flushed", flush=True)
+            else:
+                handled(len(chunk))
+
+    return app
+
+
+async def spawn(
+    url: str, name: str, topic: str, *extra: str, stdout: int = asyncio.subprocess.PIPE
+) -> asyncio.subprocess.Process:
+    """One of these workers in its own process."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.streams._counting",
+        url,
+        name,
+        topic,
+        *extra,
+        cwd=ROOT,
+        stdout=stdout,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
 if __name__ == "__main__":
-    build(*sys.argv[1:4]).run()
+    url, name, topic = sys.argv[1:4]
+    windowed = sys.argv[4:] == ["windowed"]
+    (build_windowed if windowed else build)(url, name, topic).run()

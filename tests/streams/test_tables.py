@@ -7,9 +7,7 @@ import contextlib
 import os
 import random
 import signal
-import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -17,9 +15,7 @@ import brokers
 from brokers import TopicPartition
 from streams import App, EventStream, Table, TableError
 from tests.brokers.conftest import SESSION_TIMEOUT, unique
-from tests.streams._counting import build
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.streams._counting import build, spawn
 
 
 async def settle(table: Table[str, int], expected: dict[str, int], timeout: float = 60) -> None:
@@ -124,23 +120,6 @@ async def test_tables_refuse_writes_that_would_break_their_guarantees(broker_url
     assert "re-key the stream" in str(errors[0])
 
 
-async def _worker(
-    url: str, name: str, topic: str, *, stdout: int = asyncio.subprocess.PIPE
-) -> asyncio.subprocess.Process:
-    """A counting worker (tests/streams/_counting.py) in its own process."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.streams._counting",
-        url,
-        name,
-        topic,
-        cwd=ROOT,
-        stdout=stdout,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-    )
-
-
 @pytest.mark.chaos
 @pytest.mark.timeout(600)  # 20 restarts, each waiting out the killed member's session
 @pytest.mark.backends("sqlite", "kafka", "nats")
@@ -157,7 +136,7 @@ async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) 
             await views.send_many(batch)
             for key, value in batch:
                 expected[key] += value
-            proc = await _worker(broker_url, name, topic)
+            proc = await spawn(broker_url, name, topic)
             assert proc.stdout is not None
             try:
                 # 400 new events are 8 chunks of 50: die after 1 to 6 of them, mid-work
@@ -172,7 +151,7 @@ async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) 
                 await proc.wait()
             assert proc.returncode == -signal.SIGKILL, "the worker died by itself"
         # a last worker runs to the end of the input
-        proc = await _worker(broker_url, name, topic, stdout=asyncio.subprocess.DEVNULL)
+        proc = await spawn(broker_url, name, topic, stdout=asyncio.subprocess.DEVNULL)
         try:
             async with asyncio.timeout(120):
                 while True:
@@ -200,7 +179,7 @@ async def test_workers_split_partitions_and_take_over_a_killed_one(broker_url: s
     feeder.agents.clear()
     async with feeder:
         views = feeder.topics[topic]
-        a, b = await _worker(broker_url, name, topic), await _worker(broker_url, name, topic)
+        a, b = await spawn(broker_url, name, topic), await spawn(broker_url, name, topic)
         flushes_a, flushes_b = [0], [0]
         readers = [
             asyncio.create_task(_count_lines(a, flushes_a)),
