@@ -396,6 +396,8 @@ class Memory:
         context: CausalContext | None = None,
     ) -> Any:
         """The value of ``key`` (``default`` if absent or expired) at the chosen consistency."""
+        if context is None and (consistency or self.consistency) == "eventual":
+            return self.get_nowait(key, default)  # nothing to wait for, nothing to note
         await self._level([key], consistency, context)
         entry = self._entry(key)
         return default if entry is None else entry.value
