@@ -9,7 +9,7 @@ from agents._errors import RecordRejectedError, ViewFailedError
 from agents._kv_batch import Batch, BatchResult
 from agents._kv_consistency import CausalContext, Consistency
 from agents._kv_fold import Change, ChangeOp, Entry
-from agents._memory import Memory, WriteResult
+from agents._memory import Exported, Memory, WriteResult
 
 __all__ = (
     "Batch",
@@ -19,6 +19,7 @@ __all__ = (
     "ChangeOp",
     "Consistency",
     "Entry",
+    "Exported",
     "Memory",
     "RecordRejectedError",
     "ViewFailedError",

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from agents._kv_ops import CasOp, DeleteOp, IncrementOp, SetOp
 
 if TYPE_CHECKING:
+    from agents._kv_consistency import CausalContext
     from agents._memory import Memory, WriteResult
 
 __all__ = ("Batch", "BatchResult")
@@ -21,7 +22,10 @@ __all__ = ("Batch", "BatchResult")
 
 @dataclass(slots=True, frozen=True)
 class BatchResult:
-    """What a batch did: one result per op (in order), counts, the errors, and its duration."""
+    """What a batch did: one result per op (in order), counts, the errors, and its duration.
+
+    ``errors`` has one line per op not applied: ``"<key>: <reason> (<topic>[<p>]@<offset>)"``.
+    """
 
     results: list[WriteResult]
     applied: int
@@ -64,13 +68,18 @@ class Batch:
             self.set(key, value)
         return self
 
-    async def execute(self) -> BatchResult:
-        return await self._memory.execute_batch(self)
+    async def execute(self, *, context: CausalContext | None = None) -> BatchResult:
+        return await self._memory.execute_batch(self, context=context)
 
 
-def summarize(results: list[WriteResult], started: float) -> BatchResult:
+def summarize(
+    ops: list[SetOp | DeleteOp | CasOp | IncrementOp], results: list[WriteResult], started: float
+) -> BatchResult:
+    """The batch's result; an error names the op's key, why, and where the record is."""
     errors = [
-        f"{r.position.topic}@{r.position.offset}: {r.reason}" for r in results if not r.applied
+        f"{op.key}: {r.reason} ({r.position.topic}[{r.position.partition}]@{r.position.offset})"
+        for op, r in zip(ops, results, strict=True)
+        if not r.applied
     ]
     applied = sum(1 for r in results if r.applied)
     return BatchResult(

@@ -120,8 +120,8 @@ class KVPartition:
             if not isinstance(base, int | float) or isinstance(base, bool):
                 return Outcome(False, current.version if current else None, base, "not a number")
             new = base + op.delta
-            expires = None if current is None else current.expires_at
-            self.entries[op.key] = Entry(new, offset, expires)
+            kept = None if current is None else current.expires_at
+            self.entries[op.key] = Entry(new, offset, kept)
             changes.append(Change(op.key, old, new, offset, "increment", timestamp, self.partition))
             return Outcome(True, offset, new)
         if isinstance(op, CasOp):
@@ -138,7 +138,9 @@ class KVPartition:
                     old,
                     "the version or value changed",
                 )
-        expires = None if op.ttl_ms is None else timestamp + op.ttl_ms
+        expires = op.expires_at if isinstance(op, SetOp) else None
+        if op.ttl_ms is not None:
+            expires = timestamp + op.ttl_ms
         self.entries[op.key] = Entry(op.value, offset, expires)
         if expires is not None:
             heapq.heappush(self._deadlines, (expires, op.key))

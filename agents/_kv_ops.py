@@ -2,15 +2,16 @@
 
 These pydantic models are the wire format (docs/memory.md): any service can append them.
 The record's key is the KV key; its partition is Kafka's murmur2 of the key. An optional field
-(``id``, ``ttl_ms``, ``expected_version``, ``expected_value``) left out means ``null``; every
+(``id``, ``ttl_ms``, ``expires_at``, ``expected_version``, ``expected_value``) left out means
+``null``; every
 other field is written, ``null`` values included (``{"op": "set", "key": "k", "value": null}``).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeAlias
+from typing import Annotated, Any, Literal, Self, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from brokers import json
 
@@ -36,12 +37,20 @@ class _Op(BaseModel):
 
 
 class SetOp(_Op):
-    """Set ``key`` to ``value``; with ``ttl_ms`` it expires that long after the record's time."""
+    """Set ``key`` to ``value``; with ``ttl_ms`` it expires that long after the record's time,
+    with ``expires_at`` at that event time (ms since the epoch: an imported key's deadline)."""
 
     op: Literal["set"] = "set"
     key: str
     value: Any
     ttl_ms: int | None = Field(default=None, gt=0)
+    expires_at: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_deadline(self) -> Self:
+        if self.ttl_ms is not None and self.expires_at is not None:
+            raise ValueError("give ttl_ms or expires_at, not both")
+        return self
 
 
 class DeleteOp(_Op):

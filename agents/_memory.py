@@ -14,11 +14,11 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeAlias
 
 import reactivex
 from pydantic import ValidationError
@@ -58,6 +58,8 @@ __all__ = ("Memory", "WriteResult")
 
 log = logging.getLogger("neuroplex.memory")
 
+Exported: TypeAlias = tuple[str, Any, int | None]
+"""What :meth:`Memory.export` yields and :meth:`Memory.import_keys` takes: key, value, deadline."""
 _MISSING: Any = object()
 _MAX_KEY = 1024
 
@@ -396,6 +398,8 @@ class Memory:
         context: CausalContext | None = None,
     ) -> Any:
         """The value of ``key`` (``default`` if absent or expired) at the chosen consistency."""
+        if context is None and (consistency or self.consistency) == "eventual":
+            return self.get_nowait(key, default)  # nothing to wait for, nothing to note
         await self._level([key], consistency, context)
         entry = self._entry(key)
         return default if entry is None else entry.value
@@ -587,23 +591,32 @@ class Memory:
         return await self.increment(key, -delta, context=context)
 
     async def multi_set(
-        self, items: Mapping[str, Any], *, ttl: float | None = None
+        self,
+        items: Mapping[str, Any],
+        *,
+        ttl: float | None = None,
+        context: CausalContext | None = None,
     ) -> list[WriteResult]:
         """Set many keys: one atomic record per partition (the keys of a partition together)."""
-        return await self._batch([self._set_op(k, v, ttl) for k, v in items.items()])
+        return await self._batch([self._set_op(k, v, ttl) for k, v in items.items()], context)
 
-    async def multi_delete(self, keys: Iterable[str]) -> list[WriteResult]:
-        return await self._batch([self._delete_op(k) for k in keys])
+    async def multi_delete(
+        self, keys: Iterable[str], *, context: CausalContext | None = None
+    ) -> list[WriteResult]:
+        return await self._batch([self._delete_op(k) for k in keys], context)
 
     def create_batch(self) -> Batch:
         """A builder: ``mem.create_batch().set(...).increment(...).delete(...)``."""
         return Batch(self)
 
-    async def execute_batch(self, batch: Batch) -> BatchResult:
+    async def execute_batch(
+        self, batch: Batch, *, context: CausalContext | None = None
+    ) -> BatchResult:
         """Apply a batch: the ops of a partition atomically, at one log position, in order."""
         started = time.perf_counter()
-        results = await self._batch(list(batch.ops)) if batch.ops else []
-        return summarize(results, started)
+        ops = list(batch.ops)
+        results = await self._batch(ops, context) if ops else []
+        return summarize(ops, results, started)
 
     async def bulk_set(
         self,
@@ -611,10 +624,13 @@ class Memory:
         *,
         chunk: int = 1000,
         progress: Callable[[int], None] | None = None,
+        context: CausalContext | None = None,
     ) -> int:
         """Set many keys, ``chunk`` at a time; ``progress(done)`` after each chunk. Returns done."""
         pairs = items.items() if isinstance(items, Mapping) else items
-        return await self._bulk((self._set_op(k, v, None) for k, v in pairs), chunk, progress)
+        return await self._bulk(
+            (self._set_op(k, v, None) for k, v in pairs), chunk, progress, context
+        )
 
     async def bulk_delete(
         self,
@@ -622,43 +638,84 @@ class Memory:
         *,
         chunk: int = 1000,
         progress: Callable[[int], None] | None = None,
+        context: CausalContext | None = None,
     ) -> int:
         """Delete many keys, ``chunk`` at a time, reporting progress like :meth:`bulk_set`."""
-        return await self._bulk((self._delete_op(k) for k in keys), chunk, progress)
+        return await self._bulk((self._delete_op(k) for k in keys), chunk, progress, context)
+
+    async def import_keys(
+        self,
+        items: Iterable[Exported] | AsyncIterable[Exported],
+        *,
+        chunk: int = 1000,
+        progress: Callable[[int], None] | None = None,
+        context: CausalContext | None = None,
+    ) -> int:
+        """Import what :meth:`export` gave: ``(key, value, expires_at)``, deadlines kept (event
+        time; a deadline already passed reads as absent). ``await other.import_keys(
+        mem.export())`` copies a namespace. Returns how many keys were written."""
+
+        def op(item: Exported) -> SetOp:
+            key, value, expires_at = item
+            if expires_at is not None and (not isinstance(expires_at, int) or expires_at <= 0):
+                raise ConfigurationError(
+                    f"invalid deadline {expires_at!r} for key {key!r}: ms since the epoch or None"
+                )
+            return self._set_op(key, value, None).model_copy(update={"expires_at": expires_at})
+
+        if isinstance(items, AsyncIterable):
+            return await self._bulk((op(i) async for i in items), chunk, progress, context)
+        return await self._bulk((op(i) for i in items), chunk, progress, context)
 
     async def _bulk(
         self,
-        ops: Iterable[SetOp | DeleteOp],
+        ops: Iterable[SetOp | DeleteOp] | AsyncIterable[SetOp],
         chunk: int,
         progress: Callable[[int], None] | None,
+        context: CausalContext | None,
     ) -> int:
         done = 0
         pending: list[SetOp | DeleteOp | CasOp | IncrementOp] = []
-        for op in ops:
-            pending.append(op)
-            if len(pending) >= chunk:
-                done += len(await self._batch(pending))
-                pending = []
-                if progress is not None:
-                    progress(done)
-        if pending:
-            done += len(await self._batch(pending))
+
+        async def flush() -> None:
+            nonlocal done, pending
+            done += len(await self._batch(pending, context))
+            pending = []
             if progress is not None:
                 progress(done)
+
+        if isinstance(ops, AsyncIterable):
+            async for one in ops:
+                pending.append(one)
+                if len(pending) >= chunk:
+                    await flush()
+        else:
+            for op in ops:
+                pending.append(op)
+                if len(pending) >= chunk:
+                    await flush()
+        if pending:
+            await flush()
         return done
 
     async def export(
-        self, pattern: str = "*", *, consistency: Consistency | None = "strong"
-    ) -> AsyncGenerator[tuple[str, Any], None]:
-        """``(key, value)`` of every key matching ``pattern`` (strong by default), in key order;
-        :meth:`bulk_set` imports them (into another namespace or deployment)."""
+        self,
+        pattern: str = "*",
+        *,
+        consistency: Consistency | None = "strong",
+        context: CausalContext | None = None,
+    ) -> AsyncGenerator[Exported, None]:
+        """``(key, value, expires_at)`` of every key matching ``pattern`` (strong by default), in
+        key order; ``expires_at`` is the key's deadline in event time (ms), or None.
+        :meth:`import_keys` imports them, deadlines kept (into another namespace or
+        deployment)."""
         if consistency == "strong":
             broker = self._check_open()
             await self._reach(await broker.end_offsets(self.topic))
         for key in self._matching(pattern):
             entry = self._entry(key)
             if entry is not None:
-                yield key, entry.value
+                yield key, entry.value, entry.expires_at
             await asyncio.sleep(0)  # a big export lets the fold and others run
 
     async def stream_changes(
@@ -701,7 +758,11 @@ class Memory:
         in log order with every other change of the key."""
         return await self.set(key, value)
 
-    async def _batch(self, ops: list[SetOp | DeleteOp | CasOp | IncrementOp]) -> list[WriteResult]:
+    async def _batch(
+        self,
+        ops: list[SetOp | DeleteOp | CasOp | IncrementOp],
+        context: CausalContext | None = None,
+    ) -> list[WriteResult]:
         broker = self._check_open()
         by_partition: dict[int, list[SetOp | DeleteOp | CasOp | IncrementOp]] = {}
         ids: list[str] = []
@@ -724,6 +785,9 @@ class Memory:
             for op_id in ids:
                 self._outcomes.pop(op_id, None)
             raise
+        if context is not None:
+            for pos in positions:
+                context.note_write(pos.partition, pos.offset)
         where = {
             op.id: pos
             for pos, group in zip(positions, by_partition.values(), strict=True)

@@ -2,7 +2,8 @@
 
 Run: python docs/examples/memory_batches.py   (NEUROPLEX_BROKER=... for another log)
 Expect: batch: 3 applied, 1 rejected (absent)
-Expect: imported 500 keys into the copy
+Expect: imported 501 keys into the copy
+Expect: the offer expires at the same moment in the copy: True
 """
 
 import asyncio
@@ -37,9 +38,15 @@ async def main() -> None:
             chunk=200,
             progress=lambda done: print(f"  {done} written"),
         )
-        exported = [item async for item in stock.export("sku:*")]
-        imported = await copy.bulk_set(exported)
+        await stock.set("sku:offer", "half price", ttl=3600)  # a deadline, kept by the copy
+        exported = [item async for item in stock.export("sku:*")]  # (key, value, expires_at)
+        imported = await copy.import_keys(exported)
         print(f"imported {imported} keys into the copy")
+        original, offer = await stock.get_entry("sku:offer"), await copy.get_entry("sku:offer")
+        same = (
+            original is not None and offer is not None and offer.expires_at == original.expires_at
+        )
+        print(f"the offer expires at the same moment in the copy: {same}")
 
 
 if __name__ == "__main__":

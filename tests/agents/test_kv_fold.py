@@ -24,6 +24,7 @@ VALUES = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.none())
 
 op_st = st.one_of(
     st.builds(SetOp, key=KEYS, value=VALUES, ttl_ms=st.one_of(st.none(), st.integers(1, 30))),
+    st.builds(SetOp, key=KEYS, value=VALUES, expires_at=st.integers(1, 120)),  # imported keys
     st.builds(DeleteOp, key=KEYS),
     st.builds(IncrementOp, key=KEYS, delta=st.integers(-3, 3)),
     st.builds(
@@ -80,6 +81,8 @@ class Model:
             if not ok:
                 return False, None if current is None else current[0]
         expires = None if op.ttl_ms is None else t + op.ttl_ms
+        if isinstance(op, SetOp) and op.expires_at is not None:
+            expires = op.expires_at
         self.data[op.key] = (op.value, offset, expires)
         return True, op.value
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -36,6 +37,7 @@ TTLS = st.none() | st.integers(1, 10**9)
 
 key_op = st.one_of(
     st.builds(SetOp, id=IDS, key=KEYS, value=JSON_VALUES, ttl_ms=TTLS),
+    st.builds(SetOp, id=IDS, key=KEYS, value=JSON_VALUES, expires_at=st.integers(1, 2**62)),
     st.builds(DeleteOp, id=IDS, key=KEYS),
     st.builds(
         IncrementOp,
@@ -83,6 +85,11 @@ def test_none_values_are_written_not_left_out() -> None:
     assert encode_op(SetOp(key="k", value=None)) == b'{"op":"set","key":"k","value":null}'
     cas = CasOp(key="k", value=None, expect="value", expected_value=None)
     assert decode_op(encode_op(cas)) == cas
+
+
+def test_a_set_has_one_deadline_at_most() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        SetOp(key="k", value=1, ttl_ms=5, expires_at=10)
 
 
 def test_a_value_nested_as_deep_as_the_encoder_goes_decodes() -> None:

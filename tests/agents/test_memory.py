@@ -304,7 +304,7 @@ async def test_batches_bulk_export_and_import(broker: brokers.Broker) -> None:
         assert len(batch) == 4
         result = await mem.execute_batch(batch)
         assert (result.applied, result.rejected) == (3, 1)
-        assert "absent" in result.errors[0]
+        assert result.errors[0].startswith("missing: absent ("), result.errors
         assert result.duration >= 0
         seen: list[int] = []
         assert (
@@ -312,13 +312,51 @@ async def test_batches_bulk_export_and_import(broker: brokers.Broker) -> None:
             == 25
         )
         assert seen == [10, 20, 25]
-        exported = [kv async for kv in mem.export("item:*")]
-        assert len(exported) == 25
+        await mem.set("item:ttl", "soon", ttl=3600)
+        original = await mem.get_entry("item:ttl")
+        assert original is not None
+        deadline = original.expires_at
+        assert deadline is not None
+        exported = [item async for item in mem.export("item:*")]
+        assert len(exported) == 26
+        assert ("item:7", 7, None) in exported
+        assert ("item:ttl", "soon", deadline) in exported, "the deadline travels"
         async with memory(broker, unique("kv")) as copy:
-            assert await copy.bulk_set(exported) == 25
+            assert await copy.import_keys(exported) == 26
             assert await copy.get("item:7", consistency="strong") == 7
-        assert await mem.bulk_delete([k for k, _ in exported]) == 25
+            imported = await copy.get_entry("item:ttl")
+            assert imported is not None
+            assert imported.expires_at == deadline, "the same deadline, in event time"
+        async with memory(broker, unique("kv")) as streamed:
+            assert await streamed.import_keys(mem.export("item:*"), chunk=10) == 26
+        assert await mem.bulk_delete([k for k, _, _ in exported]) == 26
         assert await mem.scan("item:*") == []
+
+
+async def test_a_batchs_ops_share_one_log_position(broker: brokers.Broker) -> None:
+    namespace = unique("kv")
+    async with memory(broker, namespace) as mem, memory(broker, namespace) as reader:
+        keys = [f"k{i}" for i in range(40)]
+        *first, counter = [k for k in keys if mem.partition_of(k) == 0][:4]
+        second = [k for k in keys if mem.partition_of(k) == 1][:2]
+        changes: list[Change] = []
+        mem.listen(None, changes.append)
+        batch = mem.create_batch()
+        for key in first + second:
+            batch.set(key, key)
+        session = CausalContext()
+        result = await mem.execute_batch(batch.increment(counter), context=session)
+        assert result.applied == 6
+        at = [r.position for r in result.results]
+        assert len(set(at[:3] + at[5:])) == 1, "the ops of one partition: one record"
+        assert len(set(at[3:5])) == 1
+        assert at[0] != at[3]
+        assert all(r.version == r.position.offset for r in result.results)
+        assert {c.version for c in changes if c.partition == 0} == {at[0].offset}
+        assert session.writes == {0: at[0].offset, 1: at[3].offset}
+        multi = await mem.multi_set({"x": 1, "y": 2}, context=session)
+        assert await reader.get("x", consistency="causal", context=session) == 1
+        assert all(r.position.offset <= session.causal()[r.position.partition] for r in multi)
 
 
 async def test_stream_changes_replays_history_with_exact_old_values(broker: brokers.Broker) -> None:

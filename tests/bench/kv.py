@@ -1,5 +1,6 @@
 """KV memory figures: eventual reads, set and compare-and-swap throughput and latency,
-observer latency, and a restart over many keys; NATS KV through raw nats-py as the baseline."""
+observer latency, and a restart over many keys; NATS KV through raw nats-py as the baseline
+(put for set, get for reads, update on the last revision for compare-and-swap)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import brokers
 from agents import Change, Memory
@@ -23,9 +23,38 @@ RESTART_KEYS = int(os.environ.get("NEUROPLEX_BENCH_RESTART_KEYS", "1000000"))
 RESTART_CHUNK = 5000  # records per produce_batch, each record one set op
 
 
+CAS_KEYS = WRITES // 4 + WRITES  # the latency run's keys, then the throughput run's
+
+
 def _cuts(samples: list[float]) -> tuple[float, float]:
     cuts = statistics.quantiles(samples, n=100)
     return cuts[49], cuts[98]
+
+
+async def _write_figures(
+    name: str, backend: str, write: Callable[[int], Awaitable[object]]
+) -> list[Row]:
+    """p50/p99 of ``WRITES // 4`` writes one after the other (``write(0)``...), then the
+    throughput of ``WRITES`` more from ``CONCURRENCY`` concurrent writers."""
+    latencies = []
+    for i in range(WRITES // 4):
+        t = time.perf_counter()
+        await write(i)
+        latencies.append((time.perf_counter() - t) * 1000)
+    p50, p99 = _cuts(latencies)
+    counter = iter(range(WRITES // 4, 10**9))
+
+    async def worker() -> None:
+        for _ in range(WRITES // CONCURRENCY):
+            await write(next(counter))
+
+    t = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return [
+        Row.compared(name, backend, WRITES / (time.perf_counter() - t), "ops/s", None),
+        Row.compared(f"{name}.p50", backend, p50, "ms", None),
+        Row.compared(f"{name}.p99", backend, p99, "ms", None),
+    ]
 
 
 async def ours(url: str, backend: str) -> list[Row]:
@@ -37,7 +66,7 @@ async def ours(url: str, backend: str) -> list[Row]:
         await mem.bulk_set({f"k{i}": i for i in range(1000)})
         started = time.perf_counter()
         for i in range(READS):
-            mem.get_nowait(f"k{i % 1000}")
+            await mem.get(f"k{i % 1000}", consistency="eventual")
         rows.append(
             Row.compared(
                 "kv.get.eventual",
@@ -48,37 +77,34 @@ async def ours(url: str, backend: str) -> list[Row]:
                 target=">= 1,000,000 ops/s",
             )
         )
+        started = time.perf_counter()
+        for i in range(READS):
+            mem.get_nowait(f"k{i % 1000}")
+        rows.append(
+            Row.compared(
+                "kv.get_nowait", backend, READS / (time.perf_counter() - started), "ops/s", None
+            )
+        )
+        # every compare-and-swap succeeds: its own key, from the version it was created at
+        await mem.bulk_set({f"c{i}": 0 for i in range(CAS_KEYS)})
+        versions = [(await mem.get_entry(f"c{i}")) for i in range(CAS_KEYS)]
 
         async def set_one(i: int) -> object:
             return await mem.set(f"s{i % 100}", i)
 
         async def cas_one(i: int) -> object:
-            return await mem.compare_and_swap(f"c{i}", i, expected_version=None)
+            entry = versions[i]
+            assert entry is not None
+            result = await mem.compare_and_swap(f"c{i}", i, expected_version=entry.version)
+            assert result.applied
+            return result
 
         writers: list[tuple[str, Callable[[int], Awaitable[object]]]] = [
             ("kv.set", set_one),
             ("kv.cas", cas_one),
         ]
         for name, write in writers:
-            latencies = []
-            for i in range(WRITES // 4):
-                t = time.perf_counter()
-                await write(i)
-                latencies.append((time.perf_counter() - t) * 1000)
-            p50, p99 = _cuts(latencies)
-            counter = iter(range(10**9))
-
-            async def worker(write: Any = write, counter: Any = counter) -> None:
-                for _ in range(WRITES // CONCURRENCY):
-                    await write(WRITES + next(counter))
-
-            t = time.perf_counter()
-            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-            rows.append(
-                Row.compared(name, backend, WRITES / (time.perf_counter() - t), "ops/s", None)
-            )
-            rows.append(Row.compared(f"{name}.p50", backend, p50, "ms", None))
-            rows.append(Row.compared(f"{name}.p99", backend, p99, "ms", None))
+            rows += await _write_figures(name, backend, write)
 
         arrived = asyncio.Event()
         seen_at: list[float] = []
@@ -150,8 +176,9 @@ async def restart(url: str, backend: str, keys: int) -> list[Row]:
     ]
 
 
-async def raw_nats_kv(url: str) -> tuple[float, float]:
-    """(put ops/s, get ops/s) through raw nats-py's KV on the same server, same concurrency."""
+async def raw_nats_kv(url: str) -> dict[str, float]:
+    """The same figures through raw nats-py's KV on the same server, same concurrency: put
+    (``kv.set``), get (``kv.get.eventual``), and update on the last revision (``kv.cas``)."""
     import nats
 
     nc = await nats.connect(url)
@@ -159,34 +186,36 @@ async def raw_nats_kv(url: str) -> tuple[float, float]:
         js = nc.jetstream()
         bucket = f"bench{uuid.uuid4().hex[:6]}"
         kv = await js.create_key_value(bucket=bucket)
-        counter = iter(range(10**9))
+        figures: dict[str, float] = {}
 
-        async def putter() -> None:
-            for _ in range(WRITES // CONCURRENCY):
-                i = next(counter)
-                await kv.put(f"s{i % 100}", str(i).encode())
+        async def put_one(i: int) -> object:
+            return await kv.put(f"s{i % 100}", str(i).encode())
 
-        t = time.perf_counter()
-        await asyncio.gather(*(putter() for _ in range(CONCURRENCY)))
-        puts = WRITES / (time.perf_counter() - t)
+        revisions = [await kv.put(f"c{i}", b"0") for i in range(CAS_KEYS)]
+
+        async def update_one(i: int) -> object:
+            return await kv.update(f"c{i}", str(i).encode(), last=revisions[i])
+
+        for name, write in (("kv.set", put_one), ("kv.cas", update_one)):
+            for row in await _write_figures(name, "nats", write):
+                figures[row.name] = row.value
         t = time.perf_counter()
         for i in range(2000):
             await kv.get(f"s{i % 100}")
-        gets = 2000 / (time.perf_counter() - t)
+        figures["kv.get.eventual"] = 2000 / (time.perf_counter() - t)
         await js.delete_key_value(bucket)
     finally:
         await nc.close()
-    return puts, gets
+    return figures
 
 
 async def bench(backend: str, url: str) -> list[Row]:
     rows = await ours(url, backend)
     if backend == "nats":
-        puts, gets = await raw_nats_kv(url)
+        baseline = await raw_nats_kv(url)
         for row in rows:
-            if row.name == "kv.set":
-                row.baseline, row.ratio = round(puts, 1), round(row.value / puts, 3)
-            if row.name == "kv.get.eventual":
-                row.baseline, row.ratio = round(gets, 1), round(row.value / gets, 3)
+            if row.name in baseline:
+                base = baseline[row.name]
+                row.baseline, row.ratio = round(base, 3), round(row.value / base, 3)
     rows += await restart(url, backend, RESTART_KEYS)
     return rows
