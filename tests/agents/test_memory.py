@@ -440,6 +440,25 @@ async def test_a_snapshot_makes_a_restart_fold_only_the_tail(
         assert len(await again.scan("k*")) == 1999
 
 
+async def test_the_namespace_topic_is_an_ops_log_with_the_retention_given(
+    broker: brokers.Broker,
+) -> None:
+    namespace = unique("kv")
+    month = 30 * 86_400_000
+    await broker.create_topic(
+        brokers.TopicSpec(f"kv.{namespace}", partitions=2, retention_ms=month)
+    )
+    async with memory(broker, namespace) as mem:
+        await mem.set("k", 1)
+    spec = await broker.describe_topic(f"kv.{namespace}")
+    assert (spec.compacted, spec.retention_ms) == (False, month)
+    compacted = unique("kv")
+    await broker.create_topic(brokers.TopicSpec(f"kv.{compacted}", partitions=2, compacted=True))
+    with pytest.raises(brokers.TopicConflictError):
+        async with memory(broker, compacted):
+            pass
+
+
 async def test_a_memory_over_an_app_and_a_blocking_subscriber(broker: brokers.Broker) -> None:
     from streams import App
 
