@@ -14,9 +14,21 @@ from typing import Any, Literal, TypeAlias
 
 from agents._kv_ops import BatchOp, CasOp, DeleteOp, IncrementOp, SetOp, TickOp
 
-__all__ = ("Change", "ChangeOp", "Entry", "KVPartition", "Outcome")
+__all__ = ("Change", "ChangeOp", "Entry", "KVPartition", "Outcome", "same_json")
 
 ChangeOp: TypeAlias = Literal["current", "set", "delete", "cas", "increment", "expire"]
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values, type-strictly: ``1``, ``1.0`` and ``true`` differ (Python's ``==``
+    says they are equal), and so do ``{"a": 1}`` and ``{"a": true}``."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 @dataclass(slots=True, frozen=True)
@@ -126,7 +138,7 @@ class KVPartition:
             return Outcome(True, offset, new)
         if isinstance(op, CasOp):
             if op.expect == "value":
-                ok = current is not None and current.value == op.expected_value
+                ok = current is not None and same_json(current.value, op.expected_value)
             elif op.expect == "version":
                 ok = current is not None and current.version == op.expected_version
             else:

@@ -365,13 +365,19 @@ class Memory:
         return partition
 
     async def _level(
-        self, keys: Iterable[str], consistency: Consistency | None, context: CausalContext | None
+        self,
+        keys: Iterable[str] | None,
+        consistency: Consistency | None,
+        context: CausalContext | None,
     ) -> None:
-        """Wait until the view is as fresh as the level asks for the keys' partitions; then note
-        in ``context`` where the session read."""
+        """Wait until the view is as fresh as the level asks for the keys' partitions (every
+        partition: ``keys=None``); then note in ``context`` where the session read."""
         broker = self._check_open()
         level = check_level(consistency or self.consistency)
-        partitions = {self.partition_of(k) for k in keys}
+        if keys is None:
+            partitions = set(range(len(self._parts)))
+        else:
+            partitions = {self.partition_of(k) for k in keys}
         if level == "strong":
             ends = await broker.end_offsets(self.topic)
             await self._reach({p: ends[p] for p in partitions})
@@ -452,17 +458,13 @@ class Memory:
         limit: int | None = None,
         offset: int = 0,
         consistency: Consistency | None = None,
+        context: CausalContext | None = None,
     ) -> list[str]:
-        """Keys matching a glob pattern (``user:*``), sorted, paged by ``offset``/``limit``."""
-        if consistency == "strong":
-            broker = self._check_open()
-            await self._reach(await broker.end_offsets(self.topic))
-        keys = sorted(
-            k
-            for part in self._parts
-            for k in part.entries
-            if fnmatch.fnmatchcase(k, pattern) and part.get(k) is not None
-        )
+        """Keys matching a glob pattern (``user:*``), sorted, paged by ``offset``/``limit``.
+
+        The consistency applies to every partition (a pattern may match keys in any)."""
+        await self._level(None, consistency, context)
+        keys = self._matching(pattern)
         return keys[offset:] if limit is None else keys[offset : offset + limit]
 
     # ------------------------------------------------------------ writes
@@ -709,9 +711,7 @@ class Memory:
         key order; ``expires_at`` is the key's deadline in event time (ms), or None.
         :meth:`import_keys` imports them, deadlines kept (into another namespace or
         deployment)."""
-        if consistency == "strong":
-            broker = self._check_open()
-            await self._reach(await broker.end_offsets(self.topic))
+        await self._level(None, consistency, context)
         for key in self._matching(pattern):
             entry = self._entry(key)
             if entry is not None:

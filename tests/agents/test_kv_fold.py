@@ -20,7 +20,18 @@ from agents._kv_ops import (
 )
 
 KEYS = st.sampled_from(["a", "b", "c"])
-VALUES = st.one_of(st.integers(-5, 5), st.text(max_size=3), st.none())
+VALUES = st.one_of(
+    st.integers(-5, 5),
+    st.sampled_from([1, 1.0, True, False, 0, 0.0, 2.5]),  # equal in Python, not as JSON
+    st.text(max_size=3),
+    st.none(),
+)
+
+
+def same(a: Any, b: Any) -> bool:
+    """JSON equality written out: the same type, and equal."""
+    return type(a) is type(b) and a == b
+
 
 op_st = st.one_of(
     st.builds(SetOp, key=KEYS, value=VALUES, ttl_ms=st.one_of(st.none(), st.integers(1, 30))),
@@ -67,14 +78,14 @@ class Model:
             return True, None
         if isinstance(op, IncrementOp):
             base = 0 if current is None else current[0]
-            if not isinstance(base, int):
+            if type(base) not in (int, float):  # booleans are not numbers here
                 return False, base
             expires = None if current is None else current[2]
             self.data[op.key] = (base + op.delta, offset, expires)
             return True, base + op.delta
         if isinstance(op, CasOp):
             ok = {
-                "value": current is not None and current[0] == op.expected_value,
+                "value": current is not None and same(current[0], op.expected_value),
                 "version": current is not None and current[1] == op.expected_version,
                 "absent": current is None,
             }[op.expect]
@@ -102,7 +113,7 @@ def test_fold_equals_the_model(steps: list[tuple[Any, int]], batched: bool) -> N
             got = dict(outcomes)[f"op{offset}"]
             assert got.applied == expected[0], (op, got)
             if got.applied:
-                assert got.value == expected[1]
+                assert same(got.value, expected[1])
         for key in "abc":
             entry, item = fold.get(key), model.live(key)
             assert (entry is None) == (item is None), key

@@ -62,6 +62,10 @@ async def test_compare_and_swap_and_increments(broker: brokers.Broker) -> None:
         assert stale.version == moved.version
         by_value = await mem.compare_and_swap("lock", "e", expected_value="c")
         assert by_value.applied
+        await mem.set("n", {"count": 1})
+        for lookalike in ({"count": True}, {"count": 1.0}, True, 1):  # == in Python, not JSON
+            assert not (await mem.compare_and_swap("n", 2, expected_value=lookalike)).applied
+        assert (await mem.compare_and_swap("n", 2, expected_value={"count": 1})).applied
         assert (await mem.increment("hits", 5)).value == 5
         assert (await mem.decrement("hits", 2)).value == 3
         await mem.set("name", "Ann")
@@ -125,6 +129,12 @@ async def hold_back(view: Memory, writer: Memory) -> ChangeBuffer[Change]:
     return held
 
 
+async def drain(held: ChangeBuffer[Change]) -> None:
+    """Let a held view go on: read its changes until the subscription is closed."""
+    async for _ in held:
+        pass
+
+
 # For each level, a read that the next weaker level would answer wrongly, made deterministic on
 # every backend by holding the reader's view back: under the weaker level the stale answer is
 # checked, then the view is let go and the level under test must wait for the right one.
@@ -139,10 +149,10 @@ async def test_strong_sees_a_write_no_context_told_it_of(broker: brokers.Broker)
         assert await reader.get("k", consistency="causal", context=session) is None, (
             "causal: the session wrote and read nothing of k, so the stale view answers"
         )
-        release = asyncio.create_task(anext(held))  # lets the view go on, a little later
+        release = asyncio.create_task(drain(held))  # lets the view go on, a little later
         assert await reader.get("k", consistency="strong") == 42
-        await release
         held.close()
+        await release
 
 
 async def test_causal_sees_the_sessions_writes_made_elsewhere(broker: brokers.Broker) -> None:
@@ -155,10 +165,10 @@ async def test_causal_sees_the_sessions_writes_made_elsewhere(broker: brokers.Br
         assert await reader.get("cart", consistency="monotonic", context=handed) is None, (
             "monotonic: the session read nothing yet, so nothing is waited for"
         )
-        release = asyncio.create_task(anext(held))
+        release = asyncio.create_task(drain(held))
         assert await reader.get("cart", consistency="causal", context=handed) == ["apple"]
-        await release
         held.close()
+        await release
         with pytest.raises(ConfigurationError, match="context"):
             await reader.get("cart", consistency="causal")
 
@@ -179,10 +189,36 @@ async def test_monotonic_never_goes_back_across_readers(
         assert await b.get("v", consistency="eventual", context=session) == 1, (
             "eventual: b is behind, and the session would go back in time"
         )
-        release = asyncio.create_task(anext(held))
+        release = asyncio.create_task(drain(held))
         assert await b.get("v", consistency=level, context=session) == 2
-        await release
         held.close()
+        await release
+
+
+async def test_scan_and_export_honour_the_levels_like_get(broker: brokers.Broker) -> None:
+    namespace = unique("kv")
+    async with memory(broker, namespace) as writer, memory(broker, namespace) as reader:
+        for bad in ("linearish", "causal"):  # unknown; causal without a context
+            with pytest.raises(ConfigurationError):
+                await reader.scan("user:*", consistency=bad)  # type: ignore[arg-type]
+            with pytest.raises(ConfigurationError):
+                await anext(reader.export("user:*", consistency=bad))  # type: ignore[arg-type]
+        held = await hold_back(reader, writer)
+        session = CausalContext()
+        await writer.set("user:9", "ann", context=session)
+        await writer.set("user:1", "bob", context=session)
+        assert await reader.scan("user:*", consistency="monotonic", context=session) == []
+        release = asyncio.create_task(drain(held))
+        assert await reader.scan("user:*", consistency="causal", context=session) == [
+            "user:1",
+            "user:9",
+        ]
+        exported = [
+            k async for k, _, _ in reader.export("user:*", consistency="causal", context=session)
+        ]
+        assert exported == ["user:1", "user:9"]
+        held.close()
+        await release
 
 
 def test_a_causal_context_travels_as_plain_data() -> None:
@@ -402,6 +438,25 @@ async def test_a_snapshot_makes_a_restart_fold_only_the_tail(
         assert await again.get("k1") == "changed after the snapshot"  # the tail, folded
         assert await again.get("ttl") == "soon"
         assert len(await again.scan("k*")) == 1999
+
+
+async def test_the_namespace_topic_is_an_ops_log_with_the_retention_given(
+    broker: brokers.Broker,
+) -> None:
+    namespace = unique("kv")
+    month = 30 * 86_400_000
+    await broker.create_topic(
+        brokers.TopicSpec(f"kv.{namespace}", partitions=2, retention_ms=month)
+    )
+    async with memory(broker, namespace) as mem:
+        await mem.set("k", 1)
+    spec = await broker.describe_topic(f"kv.{namespace}")
+    assert (spec.compacted, spec.retention_ms) == (False, month)
+    compacted = unique("kv")
+    await broker.create_topic(brokers.TopicSpec(f"kv.{compacted}", partitions=2, compacted=True))
+    with pytest.raises(brokers.TopicConflictError):
+        async with memory(broker, compacted):
+            pass
 
 
 async def test_a_memory_over_an_app_and_a_blocking_subscriber(broker: brokers.Broker) -> None:
