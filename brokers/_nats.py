@@ -60,6 +60,7 @@ from brokers._errors import (
     AuthorizationError,
     BrokerError,
     BrokerUnavailableError,
+    ClosedError,
     NeuroplexError,
     RecordTooLargeError,
     TopicConflictError,
@@ -195,6 +196,8 @@ class NatsBroker(BaseBroker):
         if publisher is not None:
             with contextlib.suppress(*TRANSLATED):
                 await publisher.stop()
+        if client is not None:
+            _fail_pending_requests(client, ClosedError(f"broker {self.url}"))
         if client is not None and not client.is_closed:
             # A transport that never connected (a failed TLS handshake, say) may never report
             # itself closed: do not wait long for it.
@@ -496,3 +499,15 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError) or "Connect call failed" in text:
         return f"connection refused ({text})"
     return text or type(exc).__name__
+
+
+def _fail_pending_requests(client: Any, error: BaseException) -> None:
+    """Fail the requests still waiting for an answer: nats-py's ``close`` leaves them to their
+    own timeout (``request_timeout``, 30 s by default), and no answer can come any more."""
+    pending = getattr(client, "_resp_map", None)
+    if not isinstance(pending, dict):
+        log.info("nats-py keeps its pending requests differently: they end at their timeout")
+        return
+    for future in list(pending.values()):
+        if isinstance(future, asyncio.Future) and not future.done():
+            future.set_exception(error)

@@ -26,6 +26,7 @@ from brokers import (
     AuthorizationError,
     Broker,
     BrokerUnavailableError,
+    ClosedError,
     NatsSettings,
     ProducerRecord,
     RecordTooLargeError,
@@ -488,3 +489,22 @@ async def test_a_waiting_getmany_returns_when_the_subscription_closes(broker: Br
         await sub.aclose()
         # with no record ever coming, only the close can end the read
         assert await asyncio.wait_for(waiting, 10) == []
+
+
+async def test_closing_fails_requests_still_waiting_for_an_answer(broker_url: str) -> None:
+    """Requests in flight when the broker closes end at once with ClosedError (nats-py alone
+    would leave them to their 30 s request timeout)."""
+    b = brokers.connect(broker_url)
+    await b.__aenter__()
+    names = [unique("inflight") for _ in range(20)]
+    calls = [asyncio.create_task(b.create_topic(TopicSpec(n, partitions=2))) for n in names]
+    await asyncio.sleep(0)  # the requests are sent, their answers not yet read
+    await b.aclose()
+    async with asyncio.timeout(10):  # far below the request timeout
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    failed = [o for o in outcomes if isinstance(o, BaseException)]
+    assert all(isinstance(o, ClosedError) for o in failed), failed
+    async with brokers.connect(broker_url) as again:
+        for name in names:
+            with contextlib.suppress(UnknownTopicError):
+                await again.delete_topic(name)
