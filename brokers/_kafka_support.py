@@ -351,18 +351,7 @@ def forbid_auto_create(client: Any) -> None:
 
 # ---------------------------------------------------------------- records on the hot path
 
-_new_record = Record.__new__
-# Record is a frozen dataclass: its __init__ goes through object.__setattr__ for every field,
-# which costs twice aiokafka's whole ConsumerRecord. Setting the slots through their
-# descriptors builds the same immutable object at half the cost.
-_slots = Record.__dict__
-_set_topic = _slots["topic"].__set__
-_set_partition = _slots["partition"].__set__
-_set_offset = _slots["offset"].__set__
-_set_timestamp = _slots["timestamp"].__set__
-_set_key = _slots["key"].__set__
-_set_value = _slots["value"].__set__
-_set_headers = _slots["headers"].__set__
+_new_tuple = tuple.__new__  # Record(...) without its keyword-handling __new__
 
 
 def make_record(
@@ -374,16 +363,8 @@ def make_record(
     value: bytes | None,
     headers: Headers,
 ) -> Record:
-    """``Record(...)`` built field by field; equal to (and indistinguishable from) the usual one."""
-    record: Record = _new_record(Record)
-    _set_topic(record, topic)
-    _set_partition(record, partition)
-    _set_offset(record, offset)
-    _set_timestamp(record, timestamp)
-    _set_key(record, key)
-    _set_value(record, value)
-    _set_headers(record, headers)
-    return record
+    """``Record(...)`` built from its fields in order; the same immutable record."""
+    return _new_tuple(Record, (topic, partition, offset, timestamp, key, value, headers))
 
 
 def headers_of(raw: Any) -> Headers:
@@ -399,12 +380,15 @@ def headers_of(raw: Any) -> Headers:
 
 def record_from_kafka(tp: Any, wire: Any) -> Record:
     """A :class:`Record` from aiokafka's decoded wire record (``PartitionRecords`` hook)."""
-    record: Record = _new_record(Record)
-    _set_topic(record, tp.topic)
-    _set_partition(record, tp.partition)
-    _set_offset(record, wire.offset)
-    _set_timestamp(record, wire.timestamp)
-    _set_key(record, wire.key)
-    _set_value(record, wire.value)
-    _set_headers(record, headers_of(wire.headers))
-    return record
+    return _new_tuple(
+        Record,
+        (
+            tp.topic,
+            tp.partition,
+            wire.offset,
+            wire.timestamp,
+            wire.key,
+            wire.value,
+            headers_of(wire.headers),
+        ),
+    )

@@ -1,4 +1,9 @@
-"""The log's data: records, positions, topic specifications."""
+"""The log's data: records, positions, topic specifications.
+
+Records, positions and producer records are named tuples: immutable and hashable like a frozen
+dataclass, and about six times cheaper to make (one is made per record produced or read, so on
+the hot path that is most of a record's cost).
+"""
 
 from __future__ import annotations
 
@@ -30,9 +35,8 @@ class TopicPartition(NamedTuple):
     partition: int
 
 
-@dataclass(slots=True, frozen=True)
-class Record:
-    """A record read from the log.
+class Record(NamedTuple):
+    """A record read from the log (immutable; a named tuple, made once per record read).
 
     Attributes:
         topic: the topic it was read from.
@@ -58,8 +62,7 @@ class Record:
         return TopicPartition(self.topic, self.partition)
 
 
-@dataclass(slots=True, frozen=True)
-class Position:
+class Position(NamedTuple):
     """Where a produced record landed in the log."""
 
     topic: str
@@ -72,8 +75,7 @@ class Position:
         return TopicPartition(self.topic, self.partition)
 
 
-@dataclass(slots=True, frozen=True)
-class ProducerRecord:
+class ProducerRecord(NamedTuple):
     """A record to produce in a batch.
 
     ``partition`` overrides the partitioner; otherwise a keyed record goes where
