@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     from streams._event import Event
@@ -13,12 +12,11 @@ if TYPE_CHECKING:
 __all__ = ("Current", "current")
 
 
-@dataclass(slots=True)
-class Current:
+class Current(NamedTuple):
     """Where the agent is: its source, and the record it is handling.
 
-    Made once per event on the hot path, so not frozen (a frozen dataclass costs about a
-    microsecond more to build); nothing changes one after it is made.
+    Made once per event on the hot path, so a named tuple (a frozen dataclass costs about six
+    times as much to build).
     """
 
     source: Source

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from brokers import Headers, Position, TopicPartition
 
@@ -13,9 +12,8 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 
-@dataclass(slots=True, frozen=True)
-class Event(Generic[K, V]):
-    """One record of a typed topic, decoded.
+class Event(NamedTuple, Generic[K, V]):
+    """One record of a typed topic, decoded (immutable; a named tuple, made once per event).
 
     Attributes:
         key: the decoded key (``None`` for a keyless record).

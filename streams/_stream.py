@@ -41,6 +41,7 @@ U = TypeVar("U")
 W = TypeVar("W")
 
 _IDLE_WAKE = 0.5
+_new_tuple = tuple.__new__
 
 
 class BatchParticipant(Protocol):
@@ -98,6 +99,61 @@ class Source:
     def current_record(self) -> Record | None:
         return None if self.current is None else self._batch[self.current]
 
+    def ready(self, savepoint: bool = True) -> Event[Any, Any] | None:
+        """The next event of the fetched batch, without waiting; ``None`` when there is none.
+
+        Also ``None`` before a record that needs the log (to dead-letter or reroute it):
+        :meth:`next` handles that one. The hot path: no coroutine per event.
+        """
+        batch = self._batch
+        while self._index < len(batch):
+            i = self._index
+            if i in self._skip:
+                self._index = i + 1
+                continue
+            record = batch[i]
+            origin = None
+            if record.headers:
+                origin, by = forwarded(record.headers)
+                if by is not None and by != self._group:
+                    # another agent's reroute of a record this one handled where it landed
+                    self._index = i + 1
+                    self._skip.add(i)
+                    continue
+                if by is None and not self.topic.repartition:
+                    origin = None  # elsewhere only this agent's reroutes have one
+            placement = self._placement
+            if placement is not None and record.key is not None:
+                home = placement.homes.get(record.key)
+                if home is None:
+                    home = placement.home(record.key)
+                if home != record.partition:
+                    return None  # misplaced: next() sends it on
+            try:
+                event = self.topic.decode(record)
+            except DecodeError:
+                return None  # next() dead-letters it
+            self._index = i + 1
+            self.current = i
+            if savepoint:
+                self.savepoint(i)
+            _current.set(
+                _new_tuple(  # Current(...), without its __new__
+                    Current,
+                    (
+                        self,
+                        record.topic,
+                        record.partition,
+                        record.offset,
+                        record.timestamp,
+                        event,
+                        origin,
+                    ),
+                )
+            )
+            return event
+        return None
+
     async def next(
         self, timeout: float | None = None, *, savepoint: bool = True
     ) -> Event[Any, Any] | None:
@@ -110,50 +166,28 @@ class Source:
         deadline = None if timeout is None else loop.time() + timeout
         while True:
             while self._index < len(self._batch):
+                event = self.ready(savepoint)
+                if event is not None:
+                    return event
+                if self._index >= len(self._batch):
+                    break
+                # ready() stopped before a record it cannot hand out: place or dead-letter it
                 i = self._index
-                self._index += 1
+                self._index = i + 1
                 if i in self._skip:
                     continue
                 record = self._batch[i]
-                origin = None
-                if record.headers:
-                    origin, by = forwarded(record.headers)
-                    if by is not None and by != self._group:
-                        # another agent's reroute of a record this one handled where it landed
-                        self._skip.add(i)
-                        continue
-                    if by is None and not self.topic.repartition:
-                        origin = None  # elsewhere only this agent's reroutes have one
+                self._skip.add(i)
                 placement = self._placement
                 if placement is not None and record.key is not None:
-                    home = placement.homes.get(record.key)
-                    if home is None:
-                        home = placement.home(record.key)
+                    home = placement.home(record.key)
                     if home != record.partition:
                         await self._misplaced(placement, record, home)
-                        self._skip.add(i)
                         continue
                 try:
-                    event = self.topic.decode(record)
+                    self.topic.decode(record)
                 except DecodeError as exc:
                     await self._dead_letter(record, exc.reason)
-                    self._skip.add(i)
-                    continue
-                self.current = i
-                if savepoint:
-                    self.savepoint(i)
-                _current.set(
-                    Current(
-                        self,
-                        record.topic,
-                        record.partition,
-                        record.offset,
-                        record.timestamp,
-                        event,
-                        origin,
-                    )
-                )
-                return event
             if self.closed:
                 return None
             if self._batch and not self.stopping and self._may_hold(loop.time()):
@@ -207,9 +241,7 @@ class Source:
 
     def _hold(self) -> None:
         """Keep the finished batch's positions for the next commit; the batch is done."""
-        held = self._held
-        for record in self._batch:
-            held[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        _next_offsets(self.topic.name, self._batch, self._held)
         self._take([])
 
     def _take(self, batch: list[Record]) -> None:
@@ -247,8 +279,7 @@ class Source:
         """Flush participants, then commit the positions of the events handed out."""
         positions, self._held = self._held, {}
         # only what was handed out: an agent that returns mid-batch leaves the rest unread
-        for record in self._batch[: self._index]:
-            positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        _next_offsets(self.topic.name, self._batch[: self._index], positions)
         if not positions:
             self._take([])
             return
@@ -277,6 +308,15 @@ class Source:
             self._skip.update(range(self._mark, self.current + 1))
         self._index = self._mark
         self.current = None
+
+
+def _next_offsets(topic: str, records: list[Record], into: dict[TopicPartition, int]) -> None:
+    """Record in ``into`` the next offset of each partition of ``records`` (all of ``topic``)."""
+    last: dict[int, int] = {}
+    for record in records:
+        last[record.partition] = record.offset
+    for partition, offset in last.items():
+        into[TopicPartition(topic, partition)] = offset + 1
 
 
 class Stream(Generic[T]):
@@ -373,10 +413,13 @@ def source_stream(source: Source) -> EventStream:
     """The stream of events of a source, with ``take`` available on it."""
 
     async def items() -> AsyncIterator[Event[Any, Any]]:
+        ready = source.ready
         while True:
-            event = await source.next()
-            if event is None:
-                return
+            event = ready()
+            if event is None:  # the batch is done (or holds a record to set aside): wait
+                event = await source.next()
+                if event is None:
+                    return
             yield event
 
     return EventStream(items, source)

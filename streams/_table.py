@@ -94,8 +94,10 @@ class Table(Generic[K, V]):
         self._positions: dict[int, MutableMapping[K, int]] = {}
         self._dirty: dict[int, dict[K, int]] = {}
         self._origins: dict[int, MutableMapping[K, dict[int, int]]] = {}
-        self._undo: list[tuple[int, K, Any, int | None, dict[int, int] | None]] = []
-        self._touched: set[tuple[int, K]] = set()  # keys written since the savepoint
+        # keys written since the savepoint, with what a rollback restores: (partition, value,
+        # source position, origins) as they were before the first write (a key is in one
+        # partition, so the key alone names it)
+        self._undo: dict[K, tuple[int, Any, int | None, dict[int, int] | None]] = {}
         self._partitions: int | None = None
         self._partition_cache: dict[K, int] = {}
         self.store_kind: StoreKind = store
@@ -148,7 +150,10 @@ class Table(Generic[K, V]):
         return partition, data
 
     def __getitem__(self, key: K) -> V:
-        _, data = self._held(key)
+        partition = self._partition_cache.get(key)
+        data = None if partition is None else self._data.get(partition)
+        if data is None:
+            _, data = self._held(key)
         value = data.get(key, _MISSING)
         if value is _MISSING:
             if self.default is None:
@@ -203,9 +208,9 @@ class Table(Generic[K, V]):
         now = current.get()
         if now is None:
             return False
-        partition = self.partition_of(key)
-        if (partition, key) in self._touched:
+        if key in self._undo:
             return True
+        partition = self.partition_of(key)
         done = self._positions.get(partition, {}).get(key)
         if done is not None and now.offset < done:
             return False
@@ -222,7 +227,13 @@ class Table(Generic[K, V]):
                 f"table {self.name!r} changes only inside an agent of its source topic "
                 f"{self.source.name!r} (that is what makes its state exactly-once)"
             )
-        partition, data = self._held(key)
+        partition = self._partition_cache.get(key)
+        if partition is None:
+            partition = self.partition_of(key)
+        data = self._data.get(partition)
+        if data is None:
+            self._held(key)  # raises, saying which partitions this worker holds
+            return
         if partition != now.partition:
             raise TableError(
                 f"key {key!r} belongs to partition {partition} of table {self.name!r} but the "
@@ -231,33 +242,37 @@ class Table(Generic[K, V]):
             )
         positions = self._positions[partition]
         done = positions.get(key)
-        first_touch = (partition, key) not in self._touched
-        if done is not None and now.offset < done and first_touch:
-            return  # an event seen again after a restart: the value already holds it
-        origins = self._origins[partition].get(key)
-        if now.origin is not None and first_touch and origins is not None:
-            upstream, offset = now.origin
-            if offset < origins.get(upstream, 0):
+        origin = now.origin
+        undo = self._undo
+        if key not in undo:  # the first write since the savepoint
+            origins = self._origins[partition].get(key)
+            if done is not None and now.offset < done:
+                return  # an event seen again after a restart: the value already holds it
+            if origin is not None and origins is not None and origin[1] < origins.get(origin[0], 0):
                 return  # forwarded twice (the forwarder crashed before committing): seen
-        self._touched.add((partition, key))
-        self._undo.append((partition, key, data.get(key, _MISSING), done, origins))
-        if now.origin is not None:
-            upstream, offset = now.origin
-            self._origins[partition][key] = {**(origins or {}), upstream: offset + 1}
+            undo[key] = (partition, data.get(key, _MISSING), done, origins)
+        if origin is not None:
+            upstream, offset = origin
+            known = self._origins[partition].get(key)
+            self._origins[partition][key] = {**(known or {}), upstream: offset + 1}
         if value is _MISSING:
             data.pop(key, None)
         else:
             data[key] = value
-        positions[key] = now.offset + 1
-        self._dirty.setdefault(partition, {})[key] = now.offset + 1
+        after = now.offset + 1
+        positions[key] = after
+        dirty = self._dirty.get(partition)
+        if dirty is None:
+            dirty = self._dirty[partition] = {}
+        dirty[key] = after
 
     # ------------------------------------------------------------ batch participant
     def savepoint(self) -> None:
-        self._undo.clear()
-        self._touched.clear()
+        if self._undo:
+            self._undo = {}
 
     def rollback(self) -> None:
-        for partition, key, old, old_position, old_origins in reversed(self._undo):
+        for key, (partition, old, old_position, old_origins) in self._undo.items():
             data, positions = self._data[partition], self._positions[partition]
             if old_origins is None:
                 self._origins[partition].pop(key, None)
@@ -272,14 +287,12 @@ class Table(Generic[K, V]):
                 self._dirty.get(partition, {}).pop(key, None)
             else:
                 positions[key] = old_position
-        self._undo.clear()
-        self._touched.clear()
+        self._undo = {}
 
     async def flush(self, positions: dict[TopicPartition, int]) -> None:
         """Write the changed keys to the changelog, each with its source position."""
         dirty, self._dirty = self._dirty, {}
-        self._undo.clear()
-        self._touched.clear()
+        self._undo = {}
         for partition, keys in dirty.items():
             data = self._data.get(partition)
             if data is None:

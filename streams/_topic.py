@@ -18,6 +18,8 @@ __all__ = ("DEAD_LETTER_SUFFIX", "Topic")
 K = TypeVar("K")
 V = TypeVar("V")
 
+_new_tuple = tuple.__new__
+
 DEAD_LETTER_SUFFIX = ".dead-letter"
 """A topic's dead letters go to ``<topic>.dead-letter``."""
 
@@ -98,14 +100,17 @@ class Topic(Generic[K, V]):
             value: Any = None if record.value is None else self.value_codec.decode(record.value)
         except (TypeError, ValueError) as exc:
             raise DecodeError(record.topic, record.partition, record.offset, str(exc)) from exc
-        return Event(
-            key,
-            value,
-            record.topic,
-            record.partition,
-            record.offset,
-            record.timestamp,
-            record.headers,
+        return _new_tuple(  # Event(...) without its __new__: one is made per event
+            Event,
+            (
+                key,
+                value,
+                record.topic,
+                record.partition,
+                record.offset,
+                record.timestamp,
+                record.headers,
+            ),
         )
 
     # ------------------------------------------------------------ sending
