@@ -77,7 +77,7 @@ class App:
         session_timeout: float = 10.0,
         drain_timeout: float = 10.0,
         state_dir: str | Path | None = None,
-        commit_interval: float = 0.1,
+        commit_interval: float = 1.0,
     ) -> None:
         TopicSpec(name)  # the app name appears in topic names: same rules
         if partitions < 1:
