@@ -43,6 +43,7 @@ TOPICS: dict[str, list[tuple[str, int, str | None]]] = {
     "read_to_end.py": [("readings", 3, None)],
     "partitioning.py": [("clicks", 8, None)],
     "errors.py": [("invoices", 2, None)],
+    "shop.py": [("purchases", 8, "shop.add_up"), ("shop.totals.changelog", 8, None)],
 }
 
 
