@@ -3,13 +3,15 @@
 Every program in ``docs/examples/`` runs as a subprocess — on every backend when it reads
 ``NEUROPLEX_BROKER``, once otherwise — and must print each ``Expect:`` line of its docstring;
 where ``NAME.out`` exists, its whole output on ``memory://`` must equal it. ``test_*.py`` files
-there are run with pytest. Every example is shown on a page; every page is in the site's nav.
+there are run with pytest. Every example is shown on a page; every page is in the site's nav;
+every signature of ``App`` and its methods written on a page is the code's.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import inspect
 import os
 import re
 import subprocess
@@ -22,6 +24,7 @@ from mkdocs.config import load_config
 
 import brokers
 from brokers import TopicPartition, TopicSpec
+from streams import App
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -90,6 +93,40 @@ def test_every_example_is_shown_on_a_page() -> None:
     text = "\n".join(p.read_text() for p in _pages())
     for name in ALL:
         assert f'--8<-- "docs/examples/{name}"' in text, f"{name} is on no page"
+
+
+# a line that is only a signature in code, e.g. `app.topic(name, *, value_type=Any, ...)`
+SIGNATURE = re.compile(r"^`@?(?:App|app\.(\w+))\((.*)\)`$", re.MULTILINE)
+
+
+def _default(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    name = getattr(value, "__name__", None) or getattr(value, "_name", None)
+    return str(name) if isinstance(value, type) or name == "Any" else repr(value)
+
+
+def _signature(method: str | None) -> str:
+    """How the pages write the signature of ``App`` (``None``) or of ``App.<method>``."""
+    shown: list[str] = []
+    parameters = inspect.signature(getattr(App, method or "__init__")).parameters.values()
+    for parameter in list(parameters)[1:]:  # not self
+        if parameter.kind is parameter.KEYWORD_ONLY and "*" not in shown:
+            shown.append("*")
+        default = parameter.default
+        shown.append(
+            parameter.name
+            if default is parameter.empty
+            else f"{parameter.name}={_default(default)}"
+        )
+    return ", ".join(shown)
+
+
+def test_signatures_on_the_pages_are_the_code() -> None:
+    found = [(p.name, m) for p in _pages() for m in SIGNATURE.finditer(p.read_text())]
+    for page, shown in found:
+        assert shown[2] == _signature(shown[1]), f"{page}: {shown[0]} is not the code's signature"
+    assert len(found) >= 5, "the pages show the signatures of App and its methods"
 
 
 def _nav_files(nav: object) -> Iterator[str]:
