@@ -1,19 +1,23 @@
 """The docs never drift from code that runs.
 
 Every program in ``docs/examples/`` runs as a subprocess — on every backend when it reads
-``NEUROPLEX_BROKER``, once otherwise — and must print each ``Expect:`` line of its docstring;
-where ``NAME.out`` exists, its whole output on ``memory://`` must equal it. ``test_*.py`` files
-there are run with pytest. Every example is shown on a page; every page is in the site's nav.
+``NEUROPLEX_BROKER``, once otherwise, on Kafka and NATS for a foreign producer (``FOREIGN``) —
+and must print each ``Expect:`` line of its docstring; where ``NAME.out`` exists, its whole
+output on ``memory://`` must equal it. ``test_*.py`` files there are run with pytest. Every
+example is shown on a page; every page is in the site's nav; every signature of ``App`` and its
+methods written on a page is the code's.
 """
 
 from __future__ import annotations
 
 import ast
 import asyncio
+import inspect
 import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from mkdocs.config import load_config
 
 import brokers
 from brokers import TopicPartition, TopicSpec
+from streams import App
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -30,8 +35,12 @@ EXAMPLES = DOCS / "examples"
 ALL = sorted(p.name for p in EXAMPLES.glob("*.py"))
 PYTEST_FILES = [name for name in ALL if name.startswith("test_")]
 PROGRAMS = [name for name in ALL if name not in PYTEST_FILES]
-ON_A_BROKER = [n for n in PROGRAMS if "NEUROPLEX_BROKER" in (EXAMPLES / n).read_text()]
-STANDALONE = [n for n in PROGRAMS if n not in ON_A_BROKER]
+# A service outside neuroplex (plain aiokafka, nats-py), run on Kafka and NATS as
+# `python docs/examples/NAME URL TOPIC PARTITIONS` while an app reads what it publishes.
+FOREIGN = ["wire_producer.py"]
+OWN = [n for n in PROGRAMS if n not in FOREIGN]
+ON_A_BROKER = [n for n in OWN if "NEUROPLEX_BROKER" in (EXAMPLES / n).read_text()]
+STANDALONE = [n for n in OWN if n not in ON_A_BROKER]
 
 # Topics that programs create under fixed names (name, partitions, consumer group or None).
 # On servers that outlive a test session (NEUROPLEX_KAFKA_URL, NEUROPLEX_NATS_URL) they are
@@ -43,6 +52,7 @@ TOPICS: dict[str, list[tuple[str, int, str | None]]] = {
     "read_to_end.py": [("readings", 3, None)],
     "partitioning.py": [("clicks", 8, None)],
     "errors.py": [("invoices", 2, None)],
+    "shop.py": [("purchases", 8, "shop.add_up"), ("shop.totals.changelog", 8, None)],
 }
 
 
@@ -79,6 +89,7 @@ def test_every_program_says_what_it_prints() -> None:
     for name in PROGRAMS:
         assert _expected(name), f"{name}: add an 'Expect: <a line of its output>' docstring line"
     assert set(TOPICS) <= set(ON_A_BROKER)
+    assert set(FOREIGN) <= set(PROGRAMS)
 
 
 def _pages() -> Iterator[Path]:
@@ -89,6 +100,40 @@ def test_every_example_is_shown_on_a_page() -> None:
     text = "\n".join(p.read_text() for p in _pages())
     for name in ALL:
         assert f'--8<-- "docs/examples/{name}"' in text, f"{name} is on no page"
+
+
+# a line that is only a signature in code, e.g. `app.topic(name, *, value_type=Any, ...)`
+SIGNATURE = re.compile(r"^`@?(?:App|app\.(\w+))\((.*)\)`$", re.MULTILINE)
+
+
+def _default(value: object) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    name = getattr(value, "__name__", None) or getattr(value, "_name", None)
+    return str(name) if isinstance(value, type) or name == "Any" else repr(value)
+
+
+def _signature(method: str | None) -> str:
+    """How the pages write the signature of ``App`` (``None``) or of ``App.<method>``."""
+    shown: list[str] = []
+    parameters = inspect.signature(getattr(App, method or "__init__")).parameters.values()
+    for parameter in list(parameters)[1:]:  # not self
+        if parameter.kind is parameter.KEYWORD_ONLY and "*" not in shown:
+            shown.append("*")
+        default = parameter.default
+        shown.append(
+            parameter.name
+            if default is parameter.empty
+            else f"{parameter.name}={_default(default)}"
+        )
+    return ", ".join(shown)
+
+
+def test_signatures_on_the_pages_are_the_code() -> None:
+    found = [(p.name, m) for p in _pages() for m in SIGNATURE.finditer(p.read_text())]
+    for page, shown in found:
+        assert shown[2] == _signature(shown[1]), f"{page}: {shown[0]} is not the code's signature"
+    assert len(found) >= 5, "the pages show the signatures of App and its methods"
 
 
 def _nav_files(nav: object) -> Iterator[str]:
@@ -148,6 +193,40 @@ def test_standalone_example_runs(name: str) -> None:
     recorded = EXAMPLES / name.replace(".py", ".out")
     if recorded.exists():
         assert result.stdout == recorded.read_text()
+
+
+@pytest.mark.backends("kafka", "nats")
+async def test_foreign_producer_is_read_like_the_apps_own_records(broker_url: str) -> None:
+    """What docs/wire-format.md tells other services to send, sent by another process."""
+    from streams import App, EventStream
+    from streams.examples.pageviews import PageView
+
+    run = uuid.uuid4().hex[:10]
+    app = App(f"foreign-{run}", broker=broker_url, partitions=4, session_timeout=6.0)
+    views = app.topic(f"views-{run}", value_type=PageView)
+    counts = app.table("counts", source=views, default=int)
+    rerouted: list[str | None] = []
+
+    @app.agent(views)
+    async def count(stream: EventStream) -> None:
+        async for event in stream:
+            assert isinstance(event.value, PageView)
+            # the agent checks each record is on its key's partition and reroutes one that is
+            # not (recording who moved it): none is, so the producer places keys as neuroplex does
+            if event.header("x-rerouted-by") is not None:
+                rerouted.append(event.key)
+            counts[event.key] += 1
+
+    async with app:
+        (name,) = FOREIGN
+        args = [f"docs/examples/{name}", broker_url, views.name, "4"]
+        _check(await asyncio.to_thread(_run, args), name)
+        async with asyncio.timeout(60):
+            while len(counts) < 10:  # noqa: ASYNC110 - set by the agent
+                await asyncio.sleep(0.05)
+        assert dict(counts.items()) == {f"u{i}": 1 for i in range(10)}
+        assert rerouted == []
+        assert await app.broker.end_offsets(views.dead_letter_topic) == {0: 0}
 
 
 @pytest.mark.parametrize("name", PYTEST_FILES)

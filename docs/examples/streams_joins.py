@@ -21,11 +21,9 @@ orders = app.topic(f"orders-{RUN}", value_type=int)
 clicks = app.topic(f"clicks-{RUN}", value_type=dict[str, int])
 buys = app.topic(f"buys-{RUN}", value_type=dict[str, int])
 
+# --8<-- [start:stream_table]
 cities = app.table("cities", source=profiles, value_type=str)
 cities_everywhere = app.global_table("cities_everywhere", topic=cities.changelog)
-pairs = app.join_windowed(
-    clicks, buys, within=60, grace=60, name="click_to_buy", time_of=lambda e: e.value["at"]
-)
 enriched: list[str] = []
 
 
@@ -37,8 +35,18 @@ async def keep_city(stream: EventStream) -> None:
 
 @app.agent(orders)
 async def enrich(stream: EventStream) -> None:
-    async for order, city in stream.join(cities_everywhere):
+    async for order, city in stream.join(cities_everywhere):  # any worker looks any key up
         enriched.append(f"order of {order.value} from {order.key} in {city}")
+
+
+# --8<-- [end:stream_table]
+
+
+# --8<-- [start:windowed]
+pairs = app.join_windowed(
+    clicks, buys, within=60, grace=60, name="click_to_buy", time_of=lambda e: e.value["at"]
+)
+# --8<-- [end:windowed]
 
 
 async def main() -> None:

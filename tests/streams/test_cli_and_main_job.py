@@ -108,35 +108,3 @@ def test_main_job_on_memory() -> None:
     done = run("-m", "streams.examples.pageviews", "--broker", "memory://", "--duration", "2")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "0 views already counted" in done.stdout
-
-
-@pytest.mark.backends("kafka", "nats")
-async def test_records_from_a_service_in_another_process_are_processed(broker_url: str) -> None:
-    import asyncio
-
-    from streams import App, EventStream
-    from streams.examples.pageviews import PageView
-
-    app = App(unique("foreign"), broker=broker_url, partitions=4, session_timeout=6.0)
-    views = app.topic(unique("views"), value_type=PageView)
-    counts = app.table("counts", source=views, default=int)
-
-    @app.agent(views)
-    async def count(stream: EventStream) -> None:
-        async for event in stream:
-            assert isinstance(event.value, PageView)
-            # the source checks each record is on its key's partition and would reroute one
-            # that is not: none is, so the foreign producer places keys as neuroplex does
-            assert event.header("x-rerouted-by") is None
-            counts[event.key] += 1
-
-    async with app:
-        done = await asyncio.to_thread(
-            run, "-m", "tests.streams._foreign_producer", broker_url, views.name, "4"
-        )
-        assert done.returncode == 0, done.stderr
-        async with asyncio.timeout(60):
-            while len(counts) < 10:  # noqa: ASYNC110 - set by the agent
-                await asyncio.sleep(0.05)
-        assert dict(counts.items()) == {f"u{i}": 1 for i in range(10)}
-        assert await app.broker.end_offsets(views.dead_letter_topic) == {0: 0}
