@@ -42,6 +42,7 @@ W = TypeVar("W")
 
 _IDLE_WAKE = 0.5
 _new_tuple = tuple.__new__
+_set_current = _current.set
 
 
 class BatchParticipant(Protocol):
@@ -106,10 +107,14 @@ class Source:
         :meth:`next` handles that one. The hot path: no coroutine per event.
         """
         batch = self._batch
-        while self._index < len(batch):
-            i = self._index
-            if i in self._skip:
-                self._index = i + 1
+        count = len(batch)
+        i = self._index
+        skip = self._skip
+        placement = self._placement
+        decode = self.topic.decode
+        while i < count:
+            if skip and i in skip:
+                i += 1
                 continue
             record = batch[i]
             origin = None
@@ -117,27 +122,31 @@ class Source:
                 origin, by = forwarded(record.headers)
                 if by is not None and by != self._group:
                     # another agent's reroute of a record this one handled where it landed
-                    self._index = i + 1
-                    self._skip.add(i)
+                    skip.add(i)
+                    i += 1
                     continue
                 if by is None and not self.topic.repartition:
                     origin = None  # elsewhere only this agent's reroutes have one
-            placement = self._placement
-            if placement is not None and record.key is not None:
-                home = placement.homes.get(record.key)
+            key = record.key
+            if placement is not None and key is not None:
+                home = placement.homes.get(key)
                 if home is None:
-                    home = placement.home(record.key)
+                    home = placement.home(key)
                 if home != record.partition:
+                    self._index = i
                     return None  # misplaced: next() sends it on
             try:
-                event = self.topic.decode(record)
+                event = decode(record)
             except DecodeError:
+                self._index = i
                 return None  # next() dead-letters it
             self._index = i + 1
             self.current = i
             if savepoint:
-                self.savepoint(i)
-            _current.set(
+                self._mark = i
+                for participant in self._participants:
+                    participant.savepoint()
+            _set_current(
                 _new_tuple(  # Current(...), without its __new__
                     Current,
                     (
@@ -152,6 +161,7 @@ class Source:
                 )
             )
             return event
+        self._index = i
         return None
 
     async def next(
