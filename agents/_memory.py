@@ -258,7 +258,7 @@ class Memory:
                 for record in batch:
                     part = self._parts[record.partition]
                     try:
-                        op = decode_op(record.value or b"")
+                        op = self._placed_op(record)
                     except ValueError as exc:
                         self._reject(record, exc)
                         part.applied = max(part.applied, record.offset)
@@ -280,6 +280,28 @@ class Memory:
                             await blocked.room()
                 for partition in {r.partition for r in batch}:
                     self._wake(partition)
+
+    def _placed_op(self, record: brokers.Record) -> Any:
+        """The record's op, if every key it changes belongs on the record's partition.
+
+        A key is folded only in its own partition (DESIGN §3): an op that a producer put
+        elsewhere (another partitioner than Kafka's murmur2) raises ``ValueError``, so it is
+        rejected like any record that is not an op, the same way by every reader of the log,
+        and never changes a partition's state where reads of its key would not look.
+        """
+        op = decode_op(record.value or b"")
+        for one in op.ops if isinstance(op, BatchOp) else (op,):
+            key = getattr(one, "key", None)
+            if key is None:
+                continue  # a tick
+            home = self.partition_of(key)
+            if home != record.partition:
+                raise ValueError(
+                    f"key {key!r} belongs on partition {home} of {self.topic}, not on "
+                    f"{record.partition}: publish KV ops with Kafka's default partitioner "
+                    "(murmur2 of the key's UTF-8 bytes), or write through a Memory"
+                )
+        return op
 
     def _reject(self, record: brokers.Record, exc: ValueError) -> None:
         """A record that is not an op is skipped, never folded; a writer waiting for it is told."""
@@ -731,7 +753,7 @@ class Memory:
             while True:
                 for record in await sub.getmany(timeout=None):
                     try:
-                        op = decode_op(record.value or b"")
+                        op = self._placed_op(record)
                     except ValueError:
                         continue
                     changes, _ = parts[record.partition].apply(record.offset, record.timestamp, op)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -267,6 +267,36 @@ async def test_bad_input_is_refused_at_the_edge(broker: brokers.Broker) -> None:
         await mem.set("k", "fine")
         assert await mem.get("k", consistency="strong") == "fine"
         assert mem.rejected_records == 1
+
+
+async def test_an_op_on_another_partition_than_its_key_is_rejected(broker: brokers.Broker) -> None:
+    """A producer with another partitioner (librdkafka's CRC32, say) put the op elsewhere."""
+    namespace = unique("kv")
+    async with memory(broker, namespace) as mem:
+        home = mem.partition_of("k")
+        elsewhere = (home + 1) % 8
+        op = b'{"op": "set", "key": "k", "value": "misplaced"}'
+        await broker.produce(f"kv.{namespace}", op, key=b"k", partition=elsewhere)
+        batch = b'{"op": "batch", "ops": [{"op": "set", "key": "k", "value": "in a batch"}]}'
+        await broker.produce(f"kv.{namespace}", batch, partition=elsewhere)
+        await mem.set("k", "placed")
+        assert await mem.get("k", consistency="strong") == "placed"
+        assert mem.rejected_records == 2
+        # the same op on the key's own partition is folded
+        await broker.produce(f"kv.{namespace}", op, key=b"k", partition=home)
+        assert await mem.get("k", consistency="strong") == "misplaced"
+        history = [c.new async for c in _history(mem, "k", 2)]
+        assert history == ["placed", "misplaced"]
+
+
+async def _history(mem: Memory, key: str, n: int) -> AsyncIterator[Change]:
+    seen = 0
+    async for change in mem.stream_changes():
+        if change.key == key:
+            yield change
+            seen += 1
+            if seen == n:
+                return
 
 
 async def test_none_is_a_value_like_any_other(broker: brokers.Broker) -> None:
