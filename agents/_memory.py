@@ -11,14 +11,13 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, Self
 
 import reactivex
 from pydantic import ValidationError
@@ -27,6 +26,16 @@ from reactivex.scheduler.eventloop import AsyncIOScheduler
 import brokers
 from agents._errors import RecordRejectedError, ViewFailedError
 from agents._kv_batch import Batch, BatchResult, summarize
+from agents._kv_check import (
+    MISSING,
+    Exported,
+    cas_op,
+    check_key,
+    delete_op,
+    import_op,
+    increment_op,
+    set_op,
+)
 from agents._kv_consistency import CausalContext, Consistency, check_level
 from agents._kv_feed import ChangeFeed
 from agents._kv_fold import Change, Entry, KVPartition, Outcome
@@ -57,11 +66,6 @@ from streams import App
 __all__ = ("Memory", "WriteResult")
 
 log = logging.getLogger("neuroplex.memory")
-
-Exported: TypeAlias = tuple[str, Any, int | None]
-"""What :meth:`Memory.export` yields and :meth:`Memory.import_keys` takes: key, value, deadline."""
-_MISSING: Any = object()
-_MAX_KEY = 1024
 
 
 @dataclass(slots=True, frozen=True)
@@ -381,7 +385,7 @@ class Memory:
     def partition_of(self, key: str) -> int:
         partition = self._partition_cache.get(key)
         if partition is None:
-            partition = default_partitioner(_check_key(key).encode(), len(self._parts))
+            partition = default_partitioner(check_key(key).encode(), len(self._parts))
             if len(self._partition_cache) < 1_000_000:
                 self._partition_cache[key] = partition
         return partition
@@ -523,48 +527,6 @@ class Memory:
             outcome.applied, outcome.version, outcome.value, position, outcome.reason
         )
 
-    # ops, checked at the edge (shared with Batch)
-    def _set_op(self, key: str, value: Any, ttl: float | None) -> SetOp:
-        return SetOp(key=_check_key(key), value=_check_value(key, value), ttl_ms=_ttl(ttl))
-
-    def _delete_op(self, key: str) -> DeleteOp:
-        return DeleteOp(key=_check_key(key))
-
-    def _increment_op(self, key: str, delta: int | float) -> IncrementOp:
-        if (
-            not isinstance(delta, int | float)
-            or isinstance(delta, bool)
-            or (isinstance(delta, float) and not math.isfinite(delta))
-        ):
-            raise ConfigurationError(f"delta {delta!r} must be a finite number")
-        return IncrementOp(key=_check_key(key), delta=delta)
-
-    def _cas_op(
-        self,
-        key: str,
-        value: Any,
-        *,
-        expected_version: int | None = _MISSING,
-        expected_value: Any = _MISSING,
-        ttl: float | None = None,
-    ) -> CasOp:
-        if (expected_version is _MISSING) == (expected_value is _MISSING):
-            raise ConfigurationError("pass exactly one of expected_version= or expected_value=")
-        if expected_value is not _MISSING:
-            expect, version, wanted = "value", None, _check_value(key, expected_value)
-        elif expected_version is None:
-            expect, version, wanted = "absent", None, None
-        else:
-            expect, version, wanted = "version", expected_version, None
-        return CasOp(
-            key=_check_key(key),
-            value=_check_value(key, value),
-            expect=expect,  # type: ignore[arg-type]  # one of the three literals above
-            expected_version=version,
-            expected_value=wanted,
-            ttl_ms=_ttl(ttl),
-        )
-
     async def set(
         self,
         key: str,
@@ -575,20 +537,20 @@ class Memory:
         context: CausalContext | None = None,
     ) -> WriteResult:
         """Set ``key``; with ``ttl`` seconds it expires that long after the write (event time)."""
-        return await self._write(self._set_op(key, value, ttl), wait=wait, context=context)
+        return await self._write(set_op(key, value, ttl), wait=wait, context=context)
 
     async def delete(
         self, key: str, *, wait: bool = True, context: CausalContext | None = None
     ) -> WriteResult:
-        return await self._write(self._delete_op(key), wait=wait, context=context)
+        return await self._write(delete_op(key), wait=wait, context=context)
 
     async def compare_and_swap(
         self,
         key: str,
         value: Any,
         *,
-        expected_version: int | None = _MISSING,
-        expected_value: Any = _MISSING,
+        expected_version: int | None = MISSING,
+        expected_value: Any = MISSING,
         ttl: float | None = None,
         context: CausalContext | None = None,
     ) -> WriteResult:
@@ -598,7 +560,7 @@ class Memory:
         ``expected_value``. Of many writers racing from one version exactly one wins; the others
         get ``applied=False`` with the current version and value, to read again and retry.
         """
-        op = self._cas_op(
+        op = cas_op(
             key, value, expected_version=expected_version, expected_value=expected_value, ttl=ttl
         )
         return await self._write(op, wait=True, context=context)
@@ -607,7 +569,7 @@ class Memory:
         self, key: str, delta: int | float = 1, *, context: CausalContext | None = None
     ) -> WriteResult:
         """Add ``delta`` (absent counts as 0); the result's ``value`` is the new number."""
-        return await self._write(self._increment_op(key, delta), wait=True, context=context)
+        return await self._write(increment_op(key, delta), wait=True, context=context)
 
     async def decrement(
         self, key: str, delta: int | float = 1, *, context: CausalContext | None = None
@@ -622,12 +584,12 @@ class Memory:
         context: CausalContext | None = None,
     ) -> list[WriteResult]:
         """Set many keys: one atomic record per partition (the keys of a partition together)."""
-        return await self._batch([self._set_op(k, v, ttl) for k, v in items.items()], context)
+        return await self._batch([set_op(k, v, ttl) for k, v in items.items()], context)
 
     async def multi_delete(
         self, keys: Iterable[str], *, context: CausalContext | None = None
     ) -> list[WriteResult]:
-        return await self._batch([self._delete_op(k) for k in keys], context)
+        return await self._batch([delete_op(k) for k in keys], context)
 
     def create_batch(self) -> Batch:
         """A builder: ``mem.create_batch().set(...).increment(...).delete(...)``."""
@@ -652,9 +614,7 @@ class Memory:
     ) -> int:
         """Set many keys, ``chunk`` at a time; ``progress(done)`` after each chunk. Returns done."""
         pairs = items.items() if isinstance(items, Mapping) else items
-        return await self._bulk(
-            (self._set_op(k, v, None) for k, v in pairs), chunk, progress, context
-        )
+        return await self._bulk((set_op(k, v, None) for k, v in pairs), chunk, progress, context)
 
     async def bulk_delete(
         self,
@@ -665,7 +625,7 @@ class Memory:
         context: CausalContext | None = None,
     ) -> int:
         """Delete many keys, ``chunk`` at a time, reporting progress like :meth:`bulk_set`."""
-        return await self._bulk((self._delete_op(k) for k in keys), chunk, progress, context)
+        return await self._bulk((delete_op(k) for k in keys), chunk, progress, context)
 
     async def import_keys(
         self,
@@ -678,18 +638,9 @@ class Memory:
         """Import what :meth:`export` gave: ``(key, value, expires_at)``, deadlines kept (event
         time; a deadline already passed reads as absent). ``await other.import_keys(
         mem.export())`` copies a namespace. Returns how many keys were written."""
-
-        def op(item: Exported) -> SetOp:
-            key, value, expires_at = item
-            if expires_at is not None and (not isinstance(expires_at, int) or expires_at <= 0):
-                raise ConfigurationError(
-                    f"invalid deadline {expires_at!r} for key {key!r}: ms since the epoch or None"
-                )
-            return self._set_op(key, value, None).model_copy(update={"expires_at": expires_at})
-
         if isinstance(items, AsyncIterable):
-            return await self._bulk((op(i) async for i in items), chunk, progress, context)
-        return await self._bulk((op(i) for i in items), chunk, progress, context)
+            return await self._bulk((import_op(i) async for i in items), chunk, progress, context)
+        return await self._bulk((import_op(i) for i in items), chunk, progress, context)
 
     async def _bulk(
         self,
@@ -765,7 +716,7 @@ class Memory:
     def on(self, key: str, callback: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``callback`` on every change of ``key``; returns what :meth:`off` takes."""
         self._check_open()
-        return self._feed.attach(callback, key=_check_key(key))
+        return self._feed.attach(callback, key=check_key(key))
 
     def on_pattern(self, pattern: str, callback: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``callback`` on every change of keys matching the glob ``pattern``."""
@@ -842,7 +793,7 @@ class Memory:
         asyncio scheduler, :attr:`scheduler`. It completes when this Memory closes and errors
         with :class:`ViewFailedError` if its view fails (subscribing then errors at once).
         """
-        _check_key(key)
+        check_key(key)
 
         def initial() -> list[Change]:
             self._check_open()
@@ -916,49 +867,3 @@ class Memory:
             part.stream_time,
             part.partition,
         )
-
-
-def _check_key(key: object) -> str:
-    if not isinstance(key, str) or not key or len(key) > _MAX_KEY:
-        raise ConfigurationError(
-            f"invalid key {key!r}: keys are non-empty strings of at most {_MAX_KEY} characters"
-        )
-    if any(c < " " for c in key):
-        raise ConfigurationError(f"invalid key {key!r}: control characters are not allowed")
-    return key
-
-
-def _check_value(key: str, value: Any) -> Any:
-    try:
-        encoded = brokers.json.dumps(value)
-    except TypeError as exc:
-        raise ConfigurationError(
-            f"value {value!r} for key {key!r} is not JSON-serializable: {exc}. Store dicts, "
-            "lists, strings, numbers, booleans or None (or a pydantic model's model_dump())"
-        ) from exc
-    # JSON has no NaN or infinity: the encoder would write them as null, silently
-    if b"null" in encoded and _non_finite(value):
-        raise ConfigurationError(
-            f"value {value!r} for key {key!r} holds NaN or infinity, which JSON cannot carry "
-            "(they would read back as None): store None or a string instead"
-        )
-    return value
-
-
-def _non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple | set | frozenset):
-        return any(_non_finite(v) for v in value)
-    dump = getattr(value, "model_dump", None)
-    return callable(dump) and _non_finite(dump())
-
-
-def _ttl(ttl: float | None) -> int | None:
-    if ttl is None:
-        return None
-    if ttl <= 0:
-        raise ConfigurationError(f"ttl must be positive seconds, got {ttl}")
-    return max(1, round(ttl * 1000))
