@@ -16,7 +16,8 @@ from agents._kv_ops import CasOp, DeleteOp, IncrementOp, SetOp
 
 if TYPE_CHECKING:
     from agents._kv_consistency import CausalContext
-    from agents._memory import Memory, WriteResult
+    from agents._kv_write import WriteResult
+    from agents._memory import Memory
 
 __all__ = ("Batch", "BatchResult")
 

@@ -4,9 +4,11 @@ Each Memory folds the whole namespace topic (every partition, no consumer group)
 reads any key locally; writes are appended to the key's partition and answered with the outcome
 the fold decided (see :mod:`agents._kv_fold`).
 
-This module holds the Memory's lifecycle (open, close, a failed view) and its public calls. The
-view they read and wait on, with the loops that keep it, is :class:`agents._kv_view.KVView`,
-which the Memory owns; a read at ``eventual`` reads it directly.
+This module holds the Memory's lifecycle (open, close, a failed view) and its public calls:
+reads, writes, batches and bulk transfer, observing. It owns two helpers: the view they read
+and wait on, with the loops that keep it (:class:`agents._kv_view.KVView`; a read at
+``eventual`` reads it directly), and the writer that appends ops and waits for their outcomes
+(:class:`agents._kv_write.KVWriter`). Arguments become ops in :mod:`agents._kv_check`.
 """
 
 from __future__ import annotations
@@ -15,9 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -39,45 +39,23 @@ from agents._kv_check import (
     set_op,
 )
 from agents._kv_consistency import CausalContext, Consistency, check_level
-from agents._kv_fold import Change, Entry, Outcome
-from agents._kv_ops import (
-    BatchOp,
-    CasOp,
-    DeleteOp,
-    IncrementOp,
-    SetOp,
-    encode_op,
-)
+from agents._kv_fold import Change, Entry
 from agents._kv_snapshot import load_snapshot, save_snapshot
 from agents._kv_view import KVView
+from agents._kv_write import KVWriter, WriteResult
 from brokers import (
     Broker,
     ClosedError,
     ConfigurationError,
-    ProducerRecord,
     ResourceStateError,
     TopicSpec,
 )
 from operators import ChangeBuffer, OverflowPolicy, feed_observable
 from streams import App
 
-__all__ = ("Memory", "WriteResult")
+__all__ = ("Memory",)
 
 log = logging.getLogger("neuroplex.memory")
-
-
-@dataclass(slots=True, frozen=True)
-class WriteResult:
-    """The fold's answer to a write: applied or not, and the key's version and value after.
-
-    A rejected compare-and-swap has ``applied=False`` and the current ``version``/``value``.
-    """
-
-    applied: bool
-    version: int | None
-    value: Any
-    position: brokers.Position
-    reason: str | None = None
 
 
 class Memory:
@@ -125,6 +103,7 @@ class Memory:
         self._broker: Broker | None = None
         self._owns_broker = False
         self._view = KVView(self.topic)
+        self._writer = KVWriter(self._view, self._check_open)
         self._tasks: list[asyncio.Task[None]] = []
         self._state = "new"  # open, closed, or failed (its view stopped: see _fail)
         self._failure: BaseException | None = None
@@ -334,39 +313,6 @@ class Memory:
         return keys[offset:] if limit is None else keys[offset : offset + limit]
 
     # ------------------------------------------------------------ writes
-    async def _write(
-        self,
-        op: SetOp | DeleteOp | CasOp | IncrementOp,
-        *,
-        wait: bool,
-        context: CausalContext | None,
-    ) -> WriteResult:
-        broker = self._check_open()
-        op_id = uuid.uuid4().hex
-        op = op.model_copy(update={"id": op_id})
-        try:
-            data = encode_op(op)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(
-                f"value {getattr(op, 'value', None)!r} for key {op.key!r} is not JSON: {exc}"
-            ) from exc
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        if wait:
-            self._view.outcomes[op_id] = future
-        try:
-            position = await broker.produce(self.topic, data, key=op.key.encode())
-        except BaseException:
-            self._view.outcomes.pop(op_id, None)
-            raise
-        if context is not None:
-            context.note_write(position.partition, position.offset)
-        if not wait:
-            return WriteResult(True, None, None, position, "not waited for")
-        outcome = await future
-        return WriteResult(
-            outcome.applied, outcome.version, outcome.value, position, outcome.reason
-        )
-
     async def set(
         self,
         key: str,
@@ -377,12 +323,12 @@ class Memory:
         context: CausalContext | None = None,
     ) -> WriteResult:
         """Set ``key``; with ``ttl`` seconds it expires that long after the write (event time)."""
-        return await self._write(set_op(key, value, ttl), wait=wait, context=context)
+        return await self._writer.write(set_op(key, value, ttl), wait=wait, context=context)
 
     async def delete(
         self, key: str, *, wait: bool = True, context: CausalContext | None = None
     ) -> WriteResult:
-        return await self._write(delete_op(key), wait=wait, context=context)
+        return await self._writer.write(delete_op(key), wait=wait, context=context)
 
     async def compare_and_swap(
         self,
@@ -403,13 +349,13 @@ class Memory:
         op = cas_op(
             key, value, expected_version=expected_version, expected_value=expected_value, ttl=ttl
         )
-        return await self._write(op, wait=True, context=context)
+        return await self._writer.write(op, wait=True, context=context)
 
     async def increment(
         self, key: str, delta: int | float = 1, *, context: CausalContext | None = None
     ) -> WriteResult:
         """Add ``delta`` (absent counts as 0); the result's ``value`` is the new number."""
-        return await self._write(increment_op(key, delta), wait=True, context=context)
+        return await self._writer.write(increment_op(key, delta), wait=True, context=context)
 
     async def decrement(
         self, key: str, delta: int | float = 1, *, context: CausalContext | None = None
@@ -424,12 +370,12 @@ class Memory:
         context: CausalContext | None = None,
     ) -> list[WriteResult]:
         """Set many keys: one atomic record per partition (the keys of a partition together)."""
-        return await self._batch([set_op(k, v, ttl) for k, v in items.items()], context)
+        return await self._writer.batch([set_op(k, v, ttl) for k, v in items.items()], context)
 
     async def multi_delete(
         self, keys: Iterable[str], *, context: CausalContext | None = None
     ) -> list[WriteResult]:
-        return await self._batch([delete_op(k) for k in keys], context)
+        return await self._writer.batch([delete_op(k) for k in keys], context)
 
     def create_batch(self) -> Batch:
         """A builder: ``mem.create_batch().set(...).increment(...).delete(...)``."""
@@ -441,7 +387,7 @@ class Memory:
         """Apply a batch: the ops of a partition atomically, at one log position, in order."""
         started = time.perf_counter()
         ops = list(batch.ops)
-        results = await self._batch(ops, context) if ops else []
+        results = await self._writer.batch(ops, context) if ops else []
         return summarize(ops, results, started)
 
     async def bulk_set(
@@ -454,7 +400,9 @@ class Memory:
     ) -> int:
         """Set many keys, ``chunk`` at a time; ``progress(done)`` after each chunk. Returns done."""
         pairs = items.items() if isinstance(items, Mapping) else items
-        return await self._bulk((set_op(k, v, None) for k, v in pairs), chunk, progress, context)
+        return await self._writer.bulk(
+            (set_op(k, v, None) for k, v in pairs), chunk, progress, context
+        )
 
     async def bulk_delete(
         self,
@@ -465,7 +413,7 @@ class Memory:
         context: CausalContext | None = None,
     ) -> int:
         """Delete many keys, ``chunk`` at a time, reporting progress like :meth:`bulk_set`."""
-        return await self._bulk((delete_op(k) for k in keys), chunk, progress, context)
+        return await self._writer.bulk((delete_op(k) for k in keys), chunk, progress, context)
 
     async def import_keys(
         self,
@@ -479,39 +427,10 @@ class Memory:
         time; a deadline already passed reads as absent). ``await other.import_keys(
         mem.export())`` copies a namespace. Returns how many keys were written."""
         if isinstance(items, AsyncIterable):
-            return await self._bulk((import_op(i) async for i in items), chunk, progress, context)
-        return await self._bulk((import_op(i) for i in items), chunk, progress, context)
-
-    async def _bulk(
-        self,
-        ops: Iterable[SetOp | DeleteOp] | AsyncIterable[SetOp],
-        chunk: int,
-        progress: Callable[[int], None] | None,
-        context: CausalContext | None,
-    ) -> int:
-        done = 0
-        pending: list[SetOp | DeleteOp | CasOp | IncrementOp] = []
-
-        async def flush() -> None:
-            nonlocal done, pending
-            done += len(await self._batch(pending, context))
-            pending = []
-            if progress is not None:
-                progress(done)
-
-        if isinstance(ops, AsyncIterable):
-            async for one in ops:
-                pending.append(one)
-                if len(pending) >= chunk:
-                    await flush()
-        else:
-            for op in ops:
-                pending.append(op)
-                if len(pending) >= chunk:
-                    await flush()
-        if pending:
-            await flush()
-        return done
+            return await self._writer.bulk(
+                (import_op(i) async for i in items), chunk, progress, context
+            )
+        return await self._writer.bulk((import_op(i) for i in items), chunk, progress, context)
 
     async def export(
         self,
@@ -560,54 +479,6 @@ class Memory:
         """Announce ``value`` under ``key`` through the log: its observers get it as a ``set``,
         in log order with every other change of the key."""
         return await self.set(key, value)
-
-    async def _batch(
-        self,
-        ops: list[SetOp | DeleteOp | CasOp | IncrementOp],
-        context: CausalContext | None = None,
-    ) -> list[WriteResult]:
-        broker = self._check_open()
-        by_partition: dict[int, list[SetOp | DeleteOp | CasOp | IncrementOp]] = {}
-        ids: list[str] = []
-        for op in ops:
-            op_id = uuid.uuid4().hex
-            ids.append(op_id)
-            by_partition.setdefault(self._view.partition_of(op.key), []).append(
-                op.model_copy(update={"id": op_id})
-            )
-        loop = asyncio.get_running_loop()
-        futures = {op_id: loop.create_future() for op_id in ids}
-        self._view.outcomes.update(futures)
-        records = [
-            ProducerRecord(encode_op(BatchOp(ops=group)), None, partition)
-            for partition, group in by_partition.items()
-        ]
-        try:
-            positions = await broker.produce_batch(self.topic, records)
-        except BaseException:
-            for op_id in ids:
-                self._view.outcomes.pop(op_id, None)
-            raise
-        if context is not None:
-            for pos in positions:
-                context.note_write(pos.partition, pos.offset)
-        where = {
-            op.id: pos
-            for pos, group in zip(positions, by_partition.values(), strict=True)
-            for op in group
-        }
-        # every outcome is taken, so none is left unretrieved when one record was refused
-        outcomes = await asyncio.gather(*futures.values(), return_exceptions=True)
-        results = []
-        for op_id, outcome in zip(ids, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
-            results.append(
-                WriteResult(
-                    outcome.applied, outcome.version, outcome.value, where[op_id], outcome.reason
-                )
-            )
-        return results
 
     # ------------------------------------------------------------ observing
     def listen(self, pattern: str | None, listener: Callable[[Change], None]) -> Callable[[], None]:
