@@ -7,9 +7,11 @@ observed as a reactivex Observable.
 
 from agents._errors import RecordRejectedError, ViewFailedError
 from agents._kv_batch import Batch, BatchResult
+from agents._kv_check import Exported
 from agents._kv_consistency import CausalContext, Consistency
 from agents._kv_fold import Change, ChangeOp, Entry
-from agents._memory import Exported, Memory, WriteResult
+from agents._kv_write import WriteResult
+from agents._memory import Memory
 
 __all__ = (
     "Batch",

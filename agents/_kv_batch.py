@@ -11,11 +11,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agents._kv_check import cas_op, delete_op, increment_op, set_op
 from agents._kv_ops import CasOp, DeleteOp, IncrementOp, SetOp
 
 if TYPE_CHECKING:
     from agents._kv_consistency import CausalContext
-    from agents._memory import Memory, WriteResult
+    from agents._kv_write import WriteResult
+    from agents._memory import Memory
 
 __all__ = ("Batch", "BatchResult")
 
@@ -45,22 +47,22 @@ class Batch:
         return len(self.ops)
 
     def set(self, key: str, value: Any, *, ttl: float | None = None) -> Batch:
-        self.ops.append(self._memory._set_op(key, value, ttl))
+        self.ops.append(set_op(key, value, ttl))
         return self
 
     def delete(self, key: str) -> Batch:
-        self.ops.append(self._memory._delete_op(key))
+        self.ops.append(delete_op(key))
         return self
 
     def increment(self, key: str, delta: int | float = 1) -> Batch:
-        self.ops.append(self._memory._increment_op(key, delta))
+        self.ops.append(increment_op(key, delta))
         return self
 
     def decrement(self, key: str, delta: int | float = 1) -> Batch:
         return self.increment(key, -delta)
 
     def compare_and_swap(self, key: str, value: Any, **expected: Any) -> Batch:
-        self.ops.append(self._memory._cas_op(key, value, **expected))
+        self.ops.append(cas_op(key, value, **expected))
         return self
 
     def set_many(self, items: Mapping[str, Any]) -> Batch:

@@ -3,79 +3,59 @@
 Each Memory folds the whole namespace topic (every partition, no consumer group), so any process
 reads any key locally; writes are appended to the key's partition and answered with the outcome
 the fold decided (see :mod:`agents._kv_fold`).
+
+This module holds the Memory's lifecycle (open, close, a failed view) and its public calls:
+reads, writes, batches and bulk transfer, observing. It owns two helpers: the view they read
+and wait on, with the loops that keep it (:class:`agents._kv_view.KVView`; a read at
+``eventual`` reads it directly), and the writer that appends ops and waits for their outcomes
+(:class:`agents._kv_write.KVWriter`). Arguments become ops in :mod:`agents._kv_check`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import logging
-import math
 import time
-import uuid
-from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, Self
 
 import reactivex
-from pydantic import ValidationError
 from reactivex.scheduler.eventloop import AsyncIOScheduler
 
 import brokers
-from agents._errors import RecordRejectedError, ViewFailedError
+from agents._errors import ViewFailedError
 from agents._kv_batch import Batch, BatchResult, summarize
-from agents._kv_consistency import CausalContext, Consistency, check_level
-from agents._kv_feed import ChangeFeed
-from agents._kv_fold import Change, Entry, KVPartition, Outcome
-from agents._kv_ops import (
-    BatchOp,
-    CasOp,
-    DeleteOp,
-    IncrementOp,
-    SetOp,
-    TickOp,
-    decode_op,
-    encode_op,
-    op_ids,
+from agents._kv_check import (
+    MISSING,
+    Exported,
+    cas_op,
+    check_key,
+    delete_op,
+    import_op,
+    increment_op,
+    set_op,
 )
+from agents._kv_consistency import CausalContext, Consistency, check_level
+from agents._kv_fold import Change, Entry
 from agents._kv_snapshot import load_snapshot, save_snapshot
+from agents._kv_view import KVView
+from agents._kv_write import KVWriter, WriteResult
 from brokers import (
     Broker,
     ClosedError,
     ConfigurationError,
-    ProducerRecord,
     ResourceStateError,
     TopicSpec,
-    default_partitioner,
 )
 from operators import ChangeBuffer, OverflowPolicy, feed_observable
 from streams import App
 
-__all__ = ("Memory", "WriteResult")
+__all__ = ("Memory",)
 
 log = logging.getLogger("neuroplex.memory")
-
-Exported: TypeAlias = tuple[str, Any, int | None]
-"""What :meth:`Memory.export` yields and :meth:`Memory.import_keys` takes: key, value, deadline."""
-_MISSING: Any = object()
-_MAX_KEY = 1024
-
-
-@dataclass(slots=True, frozen=True)
-class WriteResult:
-    """The fold's answer to a write: applied or not, and the key's version and value after.
-
-    A rejected compare-and-swap has ``applied=False`` and the current ``version``/``value``.
-    """
-
-    applied: bool
-    version: int | None
-    value: Any
-    position: brokers.Position
-    reason: str | None = None
 
 
 class Memory:
@@ -122,17 +102,21 @@ class Memory:
         self.loaded_from_snapshot = 0
         self._broker: Broker | None = None
         self._owns_broker = False
-        self._parts: list[KVPartition] = []
-        self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = {}
-        self._outcomes: dict[str, asyncio.Future[Outcome]] = {}
-        self._feed = ChangeFeed()
-        self._blocking: list[ChangeBuffer[Change]] = []
+        self._view = KVView(self.topic)
+        self._writer = KVWriter(self._view, self._check_open)
         self._tasks: list[asyncio.Task[None]] = []
         self._state = "new"  # open, closed, or failed (its view stopped: see _fail)
         self._failure: BaseException | None = None
-        self.rejected_records = 0
-        self.records_read = 0  # records the fold took from the log since it opened
-        self._partition_cache: dict[str, int] = {}  # reads hash a key once
+
+    @property
+    def rejected_records(self) -> int:
+        """Records of the topic that are not ops (or not on their key's partition): skipped."""
+        return self._view.rejected_records
+
+    @property
+    def records_read(self) -> int:
+        """Records the fold took from the log since this Memory opened."""
+        return self._view.records_read
 
     # ------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Self:
@@ -149,22 +133,21 @@ class Memory:
         spec = await self._broker.create_topic(
             TopicSpec(self.topic, partitions=self._partitions_wanted)
         )
-        self._parts = [KVPartition(partition=p) for p in range(spec.partitions)]
+        view = self._view
+        view.start(spec.partitions)
         ends = await self._broker.end_offsets(self.topic)
         if self._snapshot is not None:
             self.loaded_from_snapshot = await asyncio.to_thread(
-                load_snapshot, self._snapshot, self._parts, ends
+                load_snapshot, self._snapshot, view.parts, ends
             )
         self._state = "open"
-        self._tasks.append(asyncio.create_task(self._fold(), name=f"fold {self.topic}"))
+        self._start(self._fold(self._broker), "fold")
         if self._janitor_on:
-            self._tasks.append(asyncio.create_task(self._janitor(), name=f"janitor {self.topic}"))
+            self._start(view.janitor(self._broker), "janitor")
         if self._snapshot is not None:
-            self._tasks.append(
-                asyncio.create_task(self._snapshots(), name=f"snapshots {self.topic}")
-            )
+            self._start(view.snapshots(self._snapshot, self._snapshot_every), "snapshots")
         try:
-            await self._reach(ends)  # opened = caught up with what the log held
+            await view.reach(ends)  # opened = caught up with what the log held
         except BaseException:
             await self.aclose()
             raise
@@ -187,11 +170,20 @@ class Memory:
         self._state = "closed"
         await self._stop_tasks()
         if was_open and self._snapshot is not None:
-            await asyncio.to_thread(save_snapshot, self._snapshot, self._parts)
-        self._feed.complete()
-        self._end_waiters(ClosedError(f"memory {self.namespace!r}"))
+            await asyncio.to_thread(save_snapshot, self._snapshot, self._view.parts)
+        self._view.feed.complete()
+        self._view.end_waiters(ClosedError(f"memory {self.namespace!r}"))
         if self._owns_broker and self._broker is not None:
             await self._broker.aclose()
+
+    def _start(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        self._tasks.append(asyncio.create_task(work, name=f"{name} {self.topic}"))
+
+    async def _fold(self, broker: Broker) -> None:
+        try:
+            await self._view.fold(broker)
+        except Exception as exc:  # noqa: BLE001 - handed to everyone waiting on the view
+            await self._fail(exc)
 
     async def _stop_tasks(self) -> None:
         current = asyncio.current_task()
@@ -202,15 +194,6 @@ class Memory:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _end_waiters(self, error: BaseException) -> None:
-        """Nobody waits for a view that will not move: every waiting call gets ``error``."""
-        waiting = [f for w in self._waiters.values() for _, f in w] + list(self._outcomes.values())
-        self._waiters.clear()
-        self._outcomes.clear()
-        for future in waiting:
-            if not future.done():
-                future.set_exception(error)
-
     async def _fail(self, exc: Exception) -> None:
         """The fold stopped: the view is not trusted past this point (no snapshot is written)."""
         if self._state != "open":
@@ -218,8 +201,8 @@ class Memory:
         self._state = "failed"
         self._failure = exc
         log.error("the view of %s stopped", self.topic, exc_info=exc)
-        self._end_waiters(self._failed_error())
-        self._feed.fail(self._failed_error())
+        self._view.end_waiters(self._failed_error())
+        self._view.feed.fail(self._failed_error())
         await self._stop_tasks()  # the janitor and the snapshots
 
     def _failed_error(self) -> ViewFailedError:
@@ -239,152 +222,10 @@ class Memory:
             )
         return self._broker
 
-    # ------------------------------------------------------------ the fold
-    async def _fold(self) -> None:
-        try:
-            await self._fold_log()
-        except Exception as exc:  # noqa: BLE001 - handed to everyone waiting on the view
-            await self._fail(exc)
-
-    async def _fold_log(self) -> None:
-        broker = self._check_open()
-        # after a snapshot, each partition is read from the record after the one it applied:
-        # only the log's tail is fetched
-        start = {p.partition: p.applied + 1 for p in self._parts if p.applied >= 0}
-        async with broker.subscribe(self.topic, max_batch=5000, start=start or "earliest") as sub:
-            while True:
-                batch = await sub.getmany(timeout=None)
-                self.records_read += len(batch)
-                for record in batch:
-                    part = self._parts[record.partition]
-                    try:
-                        op = self._placed_op(record)
-                    except ValueError as exc:
-                        self._reject(record, exc)
-                        part.applied = max(part.applied, record.offset)
-                        continue
-                    changes, outcomes = part.apply(record.offset, record.timestamp, op)
-                    for op_id, outcome in outcomes:
-                        future = self._outcomes.pop(op_id, None) if op_id else None
-                        if future is not None and not future.done():
-                            future.set_result(outcome)
-                    for change in changes:
-                        self._feed.dispatch(change)
-                    full = [b for b in self._blocking if b.full]
-                    if full:
-                        # a 'block' subscriber is behind: readers waiting for what was just
-                        # applied are answered first, then the fold waits for the subscriber
-                        for partition in {r.partition for r in batch}:
-                            self._wake(partition)
-                        for blocked in full:
-                            await blocked.room()
-                for partition in {r.partition for r in batch}:
-                    self._wake(partition)
-
-    def _placed_op(self, record: brokers.Record) -> Any:
-        """The record's op, if every key it changes belongs on the record's partition.
-
-        A key is folded only in its own partition (DESIGN §3): an op that a producer put
-        elsewhere (another partitioner than Kafka's murmur2) raises ``ValueError``, so it is
-        rejected like any record that is not an op, the same way by every reader of the log,
-        and never changes a partition's state where reads of its key would not look.
-        """
-        op = decode_op(record.value or b"")
-        for one in op.ops if isinstance(op, BatchOp) else (op,):
-            key = getattr(one, "key", None)
-            if key is None:
-                continue  # a tick
-            home = self.partition_of(key)
-            if home != record.partition:
-                raise ValueError(
-                    f"key {key!r} belongs on partition {home} of {self.topic}, not on "
-                    f"{record.partition}: publish KV ops with Kafka's default partitioner "
-                    "(murmur2 of the key's UTF-8 bytes), or write through a Memory"
-                )
-        return op
-
-    def _reject(self, record: brokers.Record, exc: ValueError) -> None:
-        """A record that is not an op is skipped, never folded; a writer waiting for it is told."""
-        self.rejected_records += 1
-        reason = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        log.warning(
-            "kv record %s[%d]@%d is not an op: %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            reason,
-        )
-        for op_id in op_ids(record.value):
-            future = self._outcomes.pop(op_id, None)
-            if future is not None and not future.done():
-                future.set_exception(
-                    RecordRejectedError(record.topic, record.partition, record.offset, reason)
-                )
-
-    def _wake(self, partition: int) -> None:
-        applied = self._parts[partition].applied
-        waiters = self._waiters.get(partition)
-        if not waiters:
-            return
-        keep = []
-        for offset, future in waiters:
-            if offset <= applied:
-                if not future.done():
-                    future.set_result(None)
-            else:
-                keep.append((offset, future))
-        self._waiters[partition] = keep
-
-    async def _reach(self, positions: Mapping[int, int], *, ends: bool = True) -> None:
-        """Wait until every partition applied its position (an end: one past; else: at)."""
-        loop = asyncio.get_running_loop()
-        for partition, position in positions.items():
-            target = position - 1 if ends else position
-            if target < 0 or self._parts[partition].applied >= target:
-                continue
-            future: asyncio.Future[None] = loop.create_future()
-            self._waiters.setdefault(partition, []).append((target, future))
-            self._wake(partition)
-            await future
-
-    async def _snapshots(self) -> None:
-        """Write the snapshot every ``snapshot_every`` seconds (a copy, off the event loop)."""
-        assert self._snapshot is not None
-        while True:
-            await asyncio.sleep(self._snapshot_every)
-            copies = [
-                KVPartition(p.partition, dict(p.entries), p.stream_time, p.applied)
-                for p in self._parts
-            ]
-            await asyncio.to_thread(save_snapshot, self._snapshot, copies)
-
-    async def _janitor(self) -> None:
-        """Append a tick to partitions whose earliest deadline passed on the wall clock."""
-        broker = self._check_open()
-        while True:
-            now = time.time_ns() // 1_000_000
-            soonest: int | None = None
-            for part in self._parts:
-                deadline = part.next_deadline()
-                if deadline is None:
-                    continue
-                if deadline <= now and part.stream_time < deadline:
-                    await broker.produce(
-                        self.topic, encode_op(TickOp()), key=None, partition=part.partition
-                    )
-                elif soonest is None or deadline < soonest:
-                    soonest = deadline
-            wait = 1.0 if soonest is None else min(1.0, max(0.01, (soonest - now) / 1000))
-            await asyncio.sleep(wait)
-
     # ------------------------------------------------------------ reads
     def partition_of(self, key: str) -> int:
-        partition = self._partition_cache.get(key)
-        if partition is None:
-            partition = default_partitioner(_check_key(key).encode(), len(self._parts))
-            if len(self._partition_cache) < 1_000_000:
-                self._partition_cache[key] = partition
-        return partition
+        """The partition of the namespace's topic that holds ``key``."""
+        return self._view.partition_of(key)
 
     async def _level(
         self,
@@ -396,26 +237,7 @@ class Memory:
         partition: ``keys=None``); then note in ``context`` where the session read."""
         broker = self._check_open()
         level = check_level(consistency or self.consistency)
-        if keys is None:
-            partitions = set(range(len(self._parts)))
-        else:
-            partitions = {self.partition_of(k) for k in keys}
-        if level == "strong":
-            ends = await broker.end_offsets(self.topic)
-            await self._reach({p: ends[p] for p in partitions})
-        elif level in ("causal", "monotonic"):
-            if context is None and level == "causal":
-                raise ConfigurationError("a causal read needs context=: a session's CausalContext")
-            # without a context the session is this Memory, whose view never goes back
-            if context is not None:
-                wanted = context.causal() if level == "causal" else context.reads
-                await self._reach({p: o for p, o in wanted.items() if p in partitions}, ends=False)
-        if context is not None:
-            for p in partitions:
-                context.note_read(p, self._parts[p].applied)
-
-    def _entry(self, key: str) -> Entry | None:
-        return self._parts[self.partition_of(key)].get(key)
+        await self._view.reach_level(broker, keys, level, context)
 
     async def get(
         self,
@@ -429,14 +251,15 @@ class Memory:
         if context is None and (consistency or self.consistency) == "eventual":
             return self.get_nowait(key, default)  # nothing to wait for, nothing to note
         await self._level([key], consistency, context)
-        entry = self._entry(key)
+        entry = self._view.entry(key)
         return default if entry is None else entry.value
 
     def get_nowait(self, key: str, default: Any = None) -> Any:
         """The value in this process's view now (``eventual``), without awaiting anything."""
         if self._state != "open":
             self._check_open()
-        entry = self._parts[self.partition_of(key)].get(key)
+        view = self._view
+        entry = view.parts[view.partition_of(key)].get(key)
         return default if entry is None else entry.value
 
     async def get_entry(
@@ -448,7 +271,7 @@ class Memory:
     ) -> Entry | None:
         """The value with its version (the log offset that last changed it) and deadline."""
         await self._level([key], consistency, context)
-        return self._entry(key)
+        return self._view.entry(key)
 
     async def exists(
         self,
@@ -458,7 +281,7 @@ class Memory:
         context: CausalContext | None = None,
     ) -> bool:
         await self._level([key], consistency, context)
-        return self._entry(key) is not None
+        return self._view.entry(key) is not None
 
     async def multi_get(
         self,
@@ -470,7 +293,7 @@ class Memory:
         """The values of the keys that exist."""
         keys = list(keys)
         await self._level(keys, consistency, context)
-        found = {k: self._entry(k) for k in keys}
+        found = {k: self._view.entry(k) for k in keys}
         return {k: e.value for k, e in found.items() if e is not None}
 
     async def scan(
@@ -486,85 +309,10 @@ class Memory:
 
         The consistency applies to every partition (a pattern may match keys in any)."""
         await self._level(None, consistency, context)
-        keys = self._matching(pattern)
+        keys = self._view.matching(pattern)
         return keys[offset:] if limit is None else keys[offset : offset + limit]
 
     # ------------------------------------------------------------ writes
-    async def _write(
-        self,
-        op: SetOp | DeleteOp | CasOp | IncrementOp,
-        *,
-        wait: bool,
-        context: CausalContext | None,
-    ) -> WriteResult:
-        broker = self._check_open()
-        op_id = uuid.uuid4().hex
-        op = op.model_copy(update={"id": op_id})
-        try:
-            data = encode_op(op)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(
-                f"value {getattr(op, 'value', None)!r} for key {op.key!r} is not JSON: {exc}"
-            ) from exc
-        future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
-        if wait:
-            self._outcomes[op_id] = future
-        try:
-            position = await broker.produce(self.topic, data, key=op.key.encode())
-        except BaseException:
-            self._outcomes.pop(op_id, None)
-            raise
-        if context is not None:
-            context.note_write(position.partition, position.offset)
-        if not wait:
-            return WriteResult(True, None, None, position, "not waited for")
-        outcome = await future
-        return WriteResult(
-            outcome.applied, outcome.version, outcome.value, position, outcome.reason
-        )
-
-    # ops, checked at the edge (shared with Batch)
-    def _set_op(self, key: str, value: Any, ttl: float | None) -> SetOp:
-        return SetOp(key=_check_key(key), value=_check_value(key, value), ttl_ms=_ttl(ttl))
-
-    def _delete_op(self, key: str) -> DeleteOp:
-        return DeleteOp(key=_check_key(key))
-
-    def _increment_op(self, key: str, delta: int | float) -> IncrementOp:
-        if (
-            not isinstance(delta, int | float)
-            or isinstance(delta, bool)
-            or (isinstance(delta, float) and not math.isfinite(delta))
-        ):
-            raise ConfigurationError(f"delta {delta!r} must be a finite number")
-        return IncrementOp(key=_check_key(key), delta=delta)
-
-    def _cas_op(
-        self,
-        key: str,
-        value: Any,
-        *,
-        expected_version: int | None = _MISSING,
-        expected_value: Any = _MISSING,
-        ttl: float | None = None,
-    ) -> CasOp:
-        if (expected_version is _MISSING) == (expected_value is _MISSING):
-            raise ConfigurationError("pass exactly one of expected_version= or expected_value=")
-        if expected_value is not _MISSING:
-            expect, version, wanted = "value", None, _check_value(key, expected_value)
-        elif expected_version is None:
-            expect, version, wanted = "absent", None, None
-        else:
-            expect, version, wanted = "version", expected_version, None
-        return CasOp(
-            key=_check_key(key),
-            value=_check_value(key, value),
-            expect=expect,  # type: ignore[arg-type]  # one of the three literals above
-            expected_version=version,
-            expected_value=wanted,
-            ttl_ms=_ttl(ttl),
-        )
-
     async def set(
         self,
         key: str,
@@ -575,20 +323,20 @@ class Memory:
         context: CausalContext | None = None,
     ) -> WriteResult:
         """Set ``key``; with ``ttl`` seconds it expires that long after the write (event time)."""
-        return await self._write(self._set_op(key, value, ttl), wait=wait, context=context)
+        return await self._writer.write(set_op(key, value, ttl), wait=wait, context=context)
 
     async def delete(
         self, key: str, *, wait: bool = True, context: CausalContext | None = None
     ) -> WriteResult:
-        return await self._write(self._delete_op(key), wait=wait, context=context)
+        return await self._writer.write(delete_op(key), wait=wait, context=context)
 
     async def compare_and_swap(
         self,
         key: str,
         value: Any,
         *,
-        expected_version: int | None = _MISSING,
-        expected_value: Any = _MISSING,
+        expected_version: int | None = MISSING,
+        expected_value: Any = MISSING,
         ttl: float | None = None,
         context: CausalContext | None = None,
     ) -> WriteResult:
@@ -598,16 +346,16 @@ class Memory:
         ``expected_value``. Of many writers racing from one version exactly one wins; the others
         get ``applied=False`` with the current version and value, to read again and retry.
         """
-        op = self._cas_op(
+        op = cas_op(
             key, value, expected_version=expected_version, expected_value=expected_value, ttl=ttl
         )
-        return await self._write(op, wait=True, context=context)
+        return await self._writer.write(op, wait=True, context=context)
 
     async def increment(
         self, key: str, delta: int | float = 1, *, context: CausalContext | None = None
     ) -> WriteResult:
         """Add ``delta`` (absent counts as 0); the result's ``value`` is the new number."""
-        return await self._write(self._increment_op(key, delta), wait=True, context=context)
+        return await self._writer.write(increment_op(key, delta), wait=True, context=context)
 
     async def decrement(
         self, key: str, delta: int | float = 1, *, context: CausalContext | None = None
@@ -622,12 +370,12 @@ class Memory:
         context: CausalContext | None = None,
     ) -> list[WriteResult]:
         """Set many keys: one atomic record per partition (the keys of a partition together)."""
-        return await self._batch([self._set_op(k, v, ttl) for k, v in items.items()], context)
+        return await self._writer.batch([set_op(k, v, ttl) for k, v in items.items()], context)
 
     async def multi_delete(
         self, keys: Iterable[str], *, context: CausalContext | None = None
     ) -> list[WriteResult]:
-        return await self._batch([self._delete_op(k) for k in keys], context)
+        return await self._writer.batch([delete_op(k) for k in keys], context)
 
     def create_batch(self) -> Batch:
         """A builder: ``mem.create_batch().set(...).increment(...).delete(...)``."""
@@ -639,7 +387,7 @@ class Memory:
         """Apply a batch: the ops of a partition atomically, at one log position, in order."""
         started = time.perf_counter()
         ops = list(batch.ops)
-        results = await self._batch(ops, context) if ops else []
+        results = await self._writer.batch(ops, context) if ops else []
         return summarize(ops, results, started)
 
     async def bulk_set(
@@ -652,8 +400,8 @@ class Memory:
     ) -> int:
         """Set many keys, ``chunk`` at a time; ``progress(done)`` after each chunk. Returns done."""
         pairs = items.items() if isinstance(items, Mapping) else items
-        return await self._bulk(
-            (self._set_op(k, v, None) for k, v in pairs), chunk, progress, context
+        return await self._writer.bulk(
+            (set_op(k, v, None) for k, v in pairs), chunk, progress, context
         )
 
     async def bulk_delete(
@@ -665,7 +413,7 @@ class Memory:
         context: CausalContext | None = None,
     ) -> int:
         """Delete many keys, ``chunk`` at a time, reporting progress like :meth:`bulk_set`."""
-        return await self._bulk((self._delete_op(k) for k in keys), chunk, progress, context)
+        return await self._writer.bulk((delete_op(k) for k in keys), chunk, progress, context)
 
     async def import_keys(
         self,
@@ -678,49 +426,11 @@ class Memory:
         """Import what :meth:`export` gave: ``(key, value, expires_at)``, deadlines kept (event
         time; a deadline already passed reads as absent). ``await other.import_keys(
         mem.export())`` copies a namespace. Returns how many keys were written."""
-
-        def op(item: Exported) -> SetOp:
-            key, value, expires_at = item
-            if expires_at is not None and (not isinstance(expires_at, int) or expires_at <= 0):
-                raise ConfigurationError(
-                    f"invalid deadline {expires_at!r} for key {key!r}: ms since the epoch or None"
-                )
-            return self._set_op(key, value, None).model_copy(update={"expires_at": expires_at})
-
         if isinstance(items, AsyncIterable):
-            return await self._bulk((op(i) async for i in items), chunk, progress, context)
-        return await self._bulk((op(i) for i in items), chunk, progress, context)
-
-    async def _bulk(
-        self,
-        ops: Iterable[SetOp | DeleteOp] | AsyncIterable[SetOp],
-        chunk: int,
-        progress: Callable[[int], None] | None,
-        context: CausalContext | None,
-    ) -> int:
-        done = 0
-        pending: list[SetOp | DeleteOp | CasOp | IncrementOp] = []
-
-        async def flush() -> None:
-            nonlocal done, pending
-            done += len(await self._batch(pending, context))
-            pending = []
-            if progress is not None:
-                progress(done)
-
-        if isinstance(ops, AsyncIterable):
-            async for one in ops:
-                pending.append(one)
-                if len(pending) >= chunk:
-                    await flush()
-        else:
-            for op in ops:
-                pending.append(op)
-                if len(pending) >= chunk:
-                    await flush()
-        if pending:
-            await flush()
-        return done
+            return await self._writer.bulk(
+                (import_op(i) async for i in items), chunk, progress, context
+            )
+        return await self._writer.bulk((import_op(i) for i in items), chunk, progress, context)
 
     async def export(
         self,
@@ -734,8 +444,8 @@ class Memory:
         :meth:`import_keys` imports them, deadlines kept (into another namespace or
         deployment)."""
         await self._level(None, consistency, context)
-        for key in self._matching(pattern):
-            entry = self._entry(key)
+        for key in self._view.matching(pattern):
+            entry = self._view.entry(key)
             if entry is not None:
                 yield key, entry.value, entry.expires_at
             await asyncio.sleep(0)  # a big export lets the fold and others run
@@ -747,25 +457,15 @@ class Memory:
         offset; all of history by default) up to now, then live ones. A private fold re-reads
         the log from its start, so old values are exact."""
         broker = self._check_open()
-        parts = [KVPartition(partition=p) for p in range(len(self._parts))]
-        start = dict(since or {})
-        async with broker.subscribe(self.topic, max_batch=5000) as sub:
-            while True:
-                for record in await sub.getmany(timeout=None):
-                    try:
-                        op = self._placed_op(record)
-                    except ValueError:
-                        continue
-                    changes, _ = parts[record.partition].apply(record.offset, record.timestamp, op)
-                    if record.offset >= start.get(record.partition, -1):
-                        for change in changes:
-                            yield change
+        async with contextlib.aclosing(self._view.replay(broker, since)) as changes:
+            async for change in changes:
+                yield change
 
     # ------------------------------------------------------------ events API
     def on(self, key: str, callback: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``callback`` on every change of ``key``; returns what :meth:`off` takes."""
         self._check_open()
-        return self._feed.attach(callback, key=_check_key(key))
+        return self._view.feed.attach(callback, key=check_key(key))
 
     def on_pattern(self, pattern: str, callback: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``callback`` on every change of keys matching the glob ``pattern``."""
@@ -780,60 +480,12 @@ class Memory:
         in log order with every other change of the key."""
         return await self.set(key, value)
 
-    async def _batch(
-        self,
-        ops: list[SetOp | DeleteOp | CasOp | IncrementOp],
-        context: CausalContext | None = None,
-    ) -> list[WriteResult]:
-        broker = self._check_open()
-        by_partition: dict[int, list[SetOp | DeleteOp | CasOp | IncrementOp]] = {}
-        ids: list[str] = []
-        for op in ops:
-            op_id = uuid.uuid4().hex
-            ids.append(op_id)
-            by_partition.setdefault(self.partition_of(op.key), []).append(
-                op.model_copy(update={"id": op_id})
-            )
-        loop = asyncio.get_running_loop()
-        futures = {op_id: loop.create_future() for op_id in ids}
-        self._outcomes.update(futures)
-        records = [
-            ProducerRecord(encode_op(BatchOp(ops=group)), None, partition)
-            for partition, group in by_partition.items()
-        ]
-        try:
-            positions = await broker.produce_batch(self.topic, records)
-        except BaseException:
-            for op_id in ids:
-                self._outcomes.pop(op_id, None)
-            raise
-        if context is not None:
-            for pos in positions:
-                context.note_write(pos.partition, pos.offset)
-        where = {
-            op.id: pos
-            for pos, group in zip(positions, by_partition.values(), strict=True)
-            for op in group
-        }
-        # every outcome is taken, so none is left unretrieved when one record was refused
-        outcomes = await asyncio.gather(*futures.values(), return_exceptions=True)
-        results = []
-        for op_id, outcome in zip(ids, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
-                raise outcome
-            results.append(
-                WriteResult(
-                    outcome.applied, outcome.version, outcome.value, where[op_id], outcome.reason
-                )
-            )
-        return results
-
     # ------------------------------------------------------------ observing
     def listen(self, pattern: str | None, listener: Callable[[Change], None]) -> Callable[[], None]:
         """Call ``listener`` with every change of keys matching ``pattern`` (all: ``None``),
         in log order per partition. Returns the function that stops it."""
         self._check_open()
-        return self._feed.attach(listener, pattern=pattern)
+        return self._view.feed.attach(listener, pattern=pattern)
 
     def observe(self, key: str) -> reactivex.Observable[Change]:
         """The key's current state (op ``current``), then every change: no gap, no duplicate.
@@ -842,23 +494,23 @@ class Memory:
         asyncio scheduler, :attr:`scheduler`. It completes when this Memory closes and errors
         with :class:`ViewFailedError` if its view fails (subscribing then errors at once).
         """
-        _check_key(key)
+        check_key(key)
 
         def initial() -> list[Change]:
             self._check_open()
             return [self.current(key)]
 
-        return feed_observable(lambda observer: self._feed.attach(observer, key=key), initial)
+        return feed_observable(lambda observer: self._view.feed.attach(observer, key=key), initial)
 
     def observe_pattern(self, pattern: str) -> reactivex.Observable[Change]:
         """The current state of every key matching the glob ``pattern``, then their changes."""
 
         def initial() -> list[Change]:
             self._check_open()
-            return [self.current(k) for k in self._matching(pattern)]
+            return [self.current(k) for k in self._view.matching(pattern)]
 
         return feed_observable(
-            lambda observer: self._feed.attach(observer, pattern=pattern), initial
+            lambda observer: self._view.feed.attach(observer, pattern=pattern), initial
         )
 
     @property
@@ -883,82 +535,18 @@ class Memory:
         def closed() -> None:
             if detach is not None:
                 detach()
-            if changes in self._blocking:
-                self._blocking.remove(changes)
+            if changes in self._view.blocking:
+                self._view.blocking.remove(changes)
 
         try:
             changes: ChangeBuffer[Change] = ChangeBuffer(buffer, overflow, on_close=closed)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from exc
         if overflow == "block":
-            self._blocking.append(changes)
-        detach = self._feed.attach(changes, pattern=pattern)
+            self._view.blocking.append(changes)
+        detach = self._view.feed.attach(changes, pattern=pattern)
         return changes
-
-    def _matching(self, pattern: str) -> list[str]:
-        return sorted(
-            k
-            for part in self._parts
-            for k in part.entries
-            if fnmatch.fnmatchcase(k, pattern) and part.get(k) is not None
-        )
 
     def current(self, key: str) -> Change:
         """The key's state now, as a change with op ``current`` (``new`` None if absent)."""
-        part = self._parts[self.partition_of(key)]
-        entry = part.get(key)
-        return Change(
-            key,
-            None,
-            None if entry is None else entry.value,
-            -1 if entry is None else entry.version,
-            "current",
-            part.stream_time,
-            part.partition,
-        )
-
-
-def _check_key(key: object) -> str:
-    if not isinstance(key, str) or not key or len(key) > _MAX_KEY:
-        raise ConfigurationError(
-            f"invalid key {key!r}: keys are non-empty strings of at most {_MAX_KEY} characters"
-        )
-    if any(c < " " for c in key):
-        raise ConfigurationError(f"invalid key {key!r}: control characters are not allowed")
-    return key
-
-
-def _check_value(key: str, value: Any) -> Any:
-    try:
-        encoded = brokers.json.dumps(value)
-    except TypeError as exc:
-        raise ConfigurationError(
-            f"value {value!r} for key {key!r} is not JSON-serializable: {exc}. Store dicts, "
-            "lists, strings, numbers, booleans or None (or a pydantic model's model_dump())"
-        ) from exc
-    # JSON has no NaN or infinity: the encoder would write them as null, silently
-    if b"null" in encoded and _non_finite(value):
-        raise ConfigurationError(
-            f"value {value!r} for key {key!r} holds NaN or infinity, which JSON cannot carry "
-            "(they would read back as None): store None or a string instead"
-        )
-    return value
-
-
-def _non_finite(value: Any) -> bool:
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(_non_finite(v) for v in value.values())
-    if isinstance(value, list | tuple | set | frozenset):
-        return any(_non_finite(v) for v in value)
-    dump = getattr(value, "model_dump", None)
-    return callable(dump) and _non_finite(dump())
-
-
-def _ttl(ttl: float | None) -> int | None:
-    if ttl is None:
-        return None
-    if ttl <= 0:
-        raise ConfigurationError(f"ttl must be positive seconds, got {ttl}")
-    return max(1, round(ttl * 1000))
+        return self._view.current(key)
