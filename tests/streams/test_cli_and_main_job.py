@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+import brokers
+from brokers import TopicPartition
+from streams import Table
 from tests.brokers.conftest import unique
+from tests.streams import _cli_app
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,6 +71,84 @@ def test_send_tail_topics_and_schema(broker_url: str) -> None:
     missing = cli("send", unique("missing"), "1", "--broker", broker_url)
     assert missing.returncode == 1
     assert "create_topic" in missing.stderr
+
+
+def neuroplex_command() -> list[str]:
+    """The installed ``neuroplex`` console script, else the same entry point through python."""
+    script = Path(sys.executable).with_name("neuroplex")
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from streams._cli import main; main()"]
+
+
+async def counts_in_changelog(url: str, name: str, topic: str) -> dict[str, int]:
+    """The test app's ``counts`` table as a fresh replica restores it from its changelog."""
+    reader = _cli_app.build(name, topic, broker=url)
+    reader.agents.clear()  # a reader: no agent, so no group membership
+    async with reader:
+        table = reader.tables["counts"]
+        assert isinstance(table, Table)
+        await table.load()
+        return dict(table.items())
+
+
+@pytest.mark.backends("sqlite", "kafka", "nats")
+async def test_worker_command_processes_and_exits_0_on_sigterm_with_all_committed(
+    broker_url: str, tmp_path: Path
+) -> None:
+    name, topic = unique("cliworker"), unique("events")
+    sent = [(f"u{i % 7}", i % 3 + 1) for i in range(120)]
+    expected: Counter[str] = Counter()
+    for key, value in sent:
+        expected[key] += value
+    feeder = _cli_app.build(name, topic, broker=broker_url)
+    feeder.agents.clear()  # creates the topics and sends, before the worker starts
+    async with feeder:
+        await feeder.topics[topic].send_many(sent)
+        ends = await feeder.broker.end_offsets(topic)  # what was sent, per partition
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "NEUROPLEX_BROKER": broker_url,
+        "NEUROPLEX_TEST_APP": name,
+        "NEUROPLEX_TEST_TOPIC": topic,
+        "NEUROPLEX_STATE_DIR": str(tmp_path / "state"),
+    }
+    errors = tmp_path / "worker.err"
+    with errors.open("wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            *neuroplex_command(),
+            "worker",
+            "tests.streams._cli_app:app",
+            cwd=ROOT,
+            env=env,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=err,
+        )
+        try:
+            # processed: the worker's flushes put every count in the table's changelog
+            async with asyncio.timeout(90):
+                while await counts_in_changelog(broker_url, name, topic) != dict(expected):
+                    assert proc.returncode is None, errors.read_text()
+                    await asyncio.sleep(0.2)
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert proc.returncode == 0, errors.read_text()
+    assert "stopped" in errors.read_text(), "the worker said it stopped"
+    # the worker's group resumes exactly after what was sent, and the table restores to it
+    group = f"{name}.count"
+    async with (
+        brokers.connect(broker_url) as log,
+        log.subscribe(topic, group=group, session_timeout=3.0) as sub,
+    ):
+        committed = {p: await sub.committed(TopicPartition(topic, p)) for p in ends}
+    assert committed == {p: end or None for p, end in ends.items()}
+    assert await counts_in_changelog(broker_url, name, topic) == dict(expected)
 
 
 def test_schema_export_describes_the_wire_format() -> None:
