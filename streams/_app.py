@@ -14,7 +14,14 @@ from typing import Any, Self, TypeVar
 
 import brokers
 import brokers.json
-from brokers import Broker, ProducerRecord, Record, ResourceStateError, TopicSpec
+from brokers import (
+    Broker,
+    ProducerRecord,
+    Record,
+    ResourceStateError,
+    TopicSpec,
+    UnsupportedURLError,
+)
 from streams._agent import Agent, ErrorPolicy
 from streams._errors import DeclarationError
 from streams._event import Event
@@ -36,6 +43,7 @@ V = TypeVar("V")
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_BROKER = "memory://"
+BROKER_ENV = "NEUROPLEX_BROKER"
 
 
 class App:
@@ -47,8 +55,8 @@ class App:
 
     Args:
         name: the app's id: consumer groups are ``<name>.<agent>``, internal topics start with it.
-        broker: a broker URL or an opened :class:`brokers.Broker`; default ``NEUROPLEX_BROKER``,
-            else ``memory://``.
+        broker: a broker URL or an opened :class:`brokers.Broker`; default: the URL in the
+            ``NEUROPLEX_BROKER`` environment variable when the app starts, else ``memory://``.
         partitions: the partition count of topics declared without one.
         session_timeout: consumer-group session timeout of the agents, seconds.
         drain_timeout: how long leaving the app waits for agents to finish their batch.
@@ -485,13 +493,13 @@ class App:
             agent.misplaced_policy()  # a policy the tables rule out fails here, not later
         self._started = True
         arg = self._broker_arg
-        if arg is None:
-            arg = os.environ.get("NEUROPLEX_BROKER", DEFAULT_BROKER)
         if isinstance(arg, str):
             self._broker = await brokers.connect(arg).open()
-            self._owns_broker = True
+        elif arg is None:
+            self._broker = await _open_broker_from_environment()
         else:
             self._broker = arg
+        self._owns_broker = arg is None or isinstance(arg, str)
         try:
             for topic in list(self.topics.values()):
                 await self._broker.create_topic(topic.spec(self.default_partitions))
@@ -647,6 +655,18 @@ class App:
         log.warning(
             "dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
         )
+
+
+async def _open_broker_from_environment() -> Broker:
+    """The broker ``NEUROPLEX_BROKER`` names (unset or empty: ``memory://``), opened."""
+    url = os.environ.get(BROKER_ENV) or DEFAULT_BROKER
+    try:
+        log = brokers.connect(url)
+    except UnsupportedURLError as exc:
+        raise UnsupportedURLError(
+            url, f"{exc.reason} (it is {BROKER_ENV}, read because App(broker=...) was not given)"
+        ) from exc
+    return await log.open()
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
