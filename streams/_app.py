@@ -51,7 +51,8 @@ class App:
 
     Declaring touches no event loop and no network; ``async with app`` (or :meth:`run`)
     connects, creates the topics and starts the agents; leaving drains them (each finishes its
-    batch and commits) and closes.
+    batch and commits) and closes. A stopped app may run again, in any event loop: it starts
+    as a fresh worker would, its tables restored from their changelogs.
 
     Args:
         name: the app's id: consumer groups are ``<name>.<agent>``, internal topics start with it.
@@ -492,22 +493,27 @@ class App:
         for agent in self.agents.values():
             agent.misplaced_policy()  # a policy the tables rule out fails here, not later
         self._started = True
+        self._failure_seen = False
+        self.sources = set()
         arg = self._broker_arg
-        if isinstance(arg, str):
-            self._broker = await brokers.connect(arg).open()
-        elif arg is None:
-            self._broker = await _open_broker_from_environment()
-        else:
-            self._broker = arg
         self._owns_broker = arg is None or isinstance(arg, str)
         try:
+            if isinstance(arg, str):
+                self._broker = await brokers.connect(arg).open()
+            elif arg is None:
+                self._broker = await _open_broker_from_environment()
+            else:
+                self._broker = arg
             for topic in list(self.topics.values()):
                 await self._broker.create_topic(topic.spec(self.default_partitions))
                 await self._broker.create_topic(TopicSpec(topic.dead_letter_topic, partitions=1))
             for table in self.tables.values():
                 await table.start()
+            for global_table in self.global_tables.values():
+                global_table.start()
         except BaseException:
             await self._close_broker()
+            self._started = False
             raise
         self._stop_requested_event = asyncio.Event()
         if self.agents or self.global_tables:  # standby followers run with the agents
@@ -606,6 +612,7 @@ class App:
             for table in self.tables.values():
                 (table if isinstance(table, Table) else table.state).close()
             await self._close_broker()
+            self._started = False  # it may run again, as a fresh worker would
 
     async def _close_broker(self) -> None:
         broker, self._broker = self._broker, None

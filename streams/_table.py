@@ -309,6 +309,22 @@ class Table(Generic[K, V]):
 
     # ------------------------------------------------------------ assignment
     async def start(self) -> None:
+        """The app starts: begin as a fresh worker would (an app may run again after it
+        stopped; what an earlier run held comes back from the changelog, or the local store)."""
+        for state in (
+            self._data,
+            self._positions,
+            self._dirty,
+            self._origins,
+            self._partition_cache,
+            self._changelog_next,
+            self._standby,
+            self._rewind,
+            self.stream_times,  # cleared, not replaced: the windowed table shares it
+        ):
+            state.clear()
+        self._undo.clear()
+        self._touched.clear()
         spec = await self.app.broker.describe_topic(self.source.name)
         self._partitions = spec.partitions
         if self.store_kind == "sqlite" and self._store is None:
