@@ -297,10 +297,19 @@ class App:
                 local file under ``state_dir``, larger than memory if need be; a restart
                 replays only the changelog's tail).
             standby: keep warm copies of the partitions this worker does not own (following
-                the changelog), so taking one over replays only the tail (memory store).
+                the changelog), so taking one over replays only the tail. Memory store only:
+                with ``store="sqlite"`` it raises :class:`DeclarationError`.
         """
         if name in self.tables:
             raise DeclarationError(f"a table named {name!r} is already declared")
+        if standby and store != "memory":
+            raise DeclarationError(
+                f"table {name!r}: standby=True keeps warm copies in memory and works with "
+                f"store='memory' only, not store={store!r}. With store='sqlite' a worker "
+                "restores the partitions it held before from its local file and reads only "
+                "the changelog's tail; choose store='memory', standby=True for warm copies of "
+                "the partitions it does not own, or drop standby=True"
+            )
         if source.app is not self:
             raise DeclarationError(f"{source!r} belongs to another app: declare it on {self!r}")
         table: Table[Any, Any] = Table(
@@ -532,7 +541,7 @@ class App:
                 followers += [
                     tasks.create_task(t.follow_standby(), name=f"standby {t.name}")
                     for t in self.tables.values()
-                    if isinstance(t, Table) and t.standby and t.store_kind == "memory"
+                    if isinstance(t, Table) and t.standby  # memory store: checked when declared
                 ]
                 clocked = [
                     t

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 import brokers
-from streams import App, EventStream, Table
+from brokers import ConfigurationError
+from streams import App, DeclarationError, EventStream, Table
 from tests.brokers.conftest import SESSION_TIMEOUT, unique
 
 
@@ -60,6 +63,21 @@ async def test_a_restart_replays_only_the_changelog_tail(
         assert sum(v for _, v in counts.items()) == keys + 10
     assert sum(read) == 0, "the local store held everything: no changelog record was read"
     assert (tmp_path / name / "counts.db").exists()
+
+
+def test_standby_with_the_sqlite_store_is_refused_when_declared() -> None:
+    app = App(unique("standby"), broker="memory://")
+    views = app.topic("views", value_type=int)
+    with pytest.raises(DeclarationError) as info:
+        app.table("counts", source=views, store="sqlite", standby=True)
+    assert isinstance(info.value, ConfigurationError)
+    assert "standby=True" in str(info.value)
+    assert "store='memory', standby=True" in str(info.value), "it says what to choose"
+    assert "counts" not in app.tables
+    assert list(app.topics) == ["views"], "nothing of the table was declared"
+    # either on its own is fine
+    app.table("counts", source=views, store="sqlite")
+    app.table("copies", source=views, standby=True)
 
 
 def standby_worker(log: brokers.Broker, name: str, topic: str) -> tuple[App, Table[str, int]]:
