@@ -365,6 +365,8 @@ class Table(Generic[K, V]):
                         # the follower skipped this partition while it was ours: read it
                         # again from where the copy ends
                         self._rewind[p] = self._changelog_next.get(p, 0)
+                if self._store is not None and tp.partition in self._data:
+                    self._store.release(tp.partition, unflushed=bool(self._dirty.get(tp.partition)))
                 self._data.pop(tp.partition, None)
                 self._positions.pop(tp.partition, None)
                 self._origins.pop(tp.partition, None)
