@@ -47,7 +47,12 @@ ORIGINS_HEADER = "x-origin-next"  # JSON {upstream partition: next offset} behin
 _MISSING: Any = object()
 
 RestoreProgress = Callable[["Table[Any, Any]", int, int, int], None]
-"""Called as ``(table, partition, records_read, records_total)`` while a partition restores."""
+"""Called as ``(table, partition, records_read, records_total)`` while a partition restores.
+
+While it reads, ``records_total`` is the changelog offsets to read (at least the records:
+compaction and NATS sequences leave gaps); a last call, once the partition is restored, has
+``records_read == records_total``: the changelog records replayed (0 when there were none).
+"""
 
 
 class TableError(ConfigurationError):
@@ -411,7 +416,8 @@ class Table(Generic[K, V]):
                 name, partitions=[partition], start={partition: start}, max_batch=5000
             ) as sub:
                 while (sub.position(tp) or start) < end:
-                    for record in await sub.getmany(timeout=1.0):
+                    batch = await sub.getmany(timeout=1.0)
+                    for record in batch:
                         read += 1
                         if record.key is None:
                             continue
@@ -428,8 +434,12 @@ class Table(Generic[K, V]):
                             data.pop(key, None)
                         else:
                             data[key] = self._value_codec.decode(record.value)
-                    if self.on_restore is not None:
+                    if batch and self.on_restore is not None and (sub.position(tp) or start) < end:
+                        # the offsets still to read: an upper bound of the records (compaction
+                        # and NATS sequences leave gaps), so the last report below may be lower
                         self.on_restore(self, partition, read, max(read, end - start))
+        if self.on_restore is not None:
+            self.on_restore(self, partition, read, read)  # restored: all there was to read
         self._data[partition] = data
         self._positions[partition] = positions
         self._origins[partition] = origins
