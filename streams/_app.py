@@ -26,7 +26,7 @@ from streams._agent import Agent, ErrorPolicy
 from streams._errors import DeclarationError
 from streams._event import Event
 from streams._global import GlobalTable
-from streams._placement import MISPLACED_POLICIES, ORIGIN_HEADER, MisplacedPolicy
+from streams._placement import MISPLACED_POLICIES, ORIGIN_HEADER, MisplacedPolicy, passed_on
 from streams._store import StoreKind
 from streams._stream import EventStream, Source
 from streams._table import RestoreProgress, Table
@@ -231,9 +231,10 @@ class App:
     ) -> Topic[Any, Any]:
         """Re-key ``topic`` through the internal topic ``<app>.<name>.repartition``.
 
-        An internal agent forwards every event with ``key(event)`` as its key (same value), so
-        tables and agents of the returned topic see each new key on one partition. Forwarded
-        records carry their upstream position (``x-origin``), and tables keep the highest
+        An internal agent forwards every event with ``key(event)`` as its key (same value and
+        headers), so tables and agents of the returned topic see each new key on one partition.
+        Forwarded records carry their upstream position (``x-origin``: the record read here,
+        also when that one came through a repartition itself), and tables keep the highest
         upstream position applied per key, so a forward repeated after a crash is not counted
         twice: state stays exactly-once across the repartition.
 
@@ -261,7 +262,10 @@ class App:
                             target.encode_value(e.value),
                             target.encode_key(key(e)),
                             None,
-                            (*e.headers, (ORIGIN_HEADER, f"{e.partition}:{e.offset}".encode())),
+                            (
+                                *passed_on(e.headers),
+                                (ORIGIN_HEADER, f"{e.partition}:{e.offset}".encode()),
+                            ),
                         )
                         for e in chunk
                     ],

@@ -26,7 +26,7 @@ from streams._context import Current
 from streams._context import current as _current
 from streams._errors import DecodeError
 from streams._event import Event
-from streams._placement import Placement, forwarded, rerouted
+from streams._placement import Placement, forwarded, passed_on, rerouted
 
 if TYPE_CHECKING:
     from streams._global import GlobalTable
@@ -366,7 +366,8 @@ class Stream(Generic[T]):
     def through(self, topic: Topic[Any, Any]) -> Stream[T]:
         """Send each event's key and value to ``topic`` too, and pass the event on.
 
-        For a stream of events; other agents of ``topic`` then see them (at least once).
+        For a stream of events; other agents of ``topic`` then see them (at least once). The
+        headers go along, but for the framework's ``x-origin`` and ``x-rerouted-by``.
         """
 
         async def items() -> AsyncIterator[T]:
@@ -375,7 +376,7 @@ class Stream(Generic[T]):
                     from streams._errors import DeclarationError
 
                     raise DeclarationError("through() forwards events: use it before map()")
-                await topic.send(item.key, item.value, headers=item.headers)
+                await topic.send(item.key, item.value, headers=passed_on(item.headers))
                 yield item
 
         return self._derive(items)
