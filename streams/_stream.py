@@ -89,6 +89,7 @@ class Source:
         self._batch: list[Record] = []
         self._index = 0
         self._skip: set[int] = set()
+        self._forgotten: set[int] = set()  # of partitions revoked: not this member's to commit
         self.current: int | None = None  # batch index of the event last yielded
         self._mark = 0  # batch index of the savepoint
         self.closed = False
@@ -217,6 +218,7 @@ class Source:
 
     def _take(self, batch: list[Record]) -> None:
         self._batch, self._index, self._skip, self.current = batch, 0, set(), None
+        self._forgotten = set()
         self._mark = 0
 
     def forget(self, tps: frozenset[TopicPartition]) -> None:
@@ -231,6 +233,7 @@ class Source:
         for i, record in enumerate(self._batch):
             if TopicPartition(record.topic, record.partition) in tps:
                 self._skip.add(i)
+                self._forgotten.add(i)
         self.lost |= tps
 
     def savepoint(self, index: int | None = None) -> None:
@@ -276,9 +279,13 @@ class Source:
     async def finish_batch(self) -> None:
         """Flush participants, then commit the positions of the events handed out."""
         positions, self._held = self._held, {}
-        # only what was handed out: an agent that returns mid-batch leaves the rest unread
-        for record in self._batch[: self._index]:
-            positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
+        # only what was handed out: an agent that returns mid-batch leaves the rest unread;
+        # and not what a revocation took away unhandled (given back at once, as Kafka's eager
+        # rebalance does, the partition resumes from its last commit: those events come again)
+        forgotten = self._forgotten
+        for i, record in enumerate(self._batch[: self._index]):
+            if i not in forgotten:
+                positions[TopicPartition(record.topic, record.partition)] = record.offset + 1
         if not positions:
             self._take([])
             return
