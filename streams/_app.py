@@ -14,12 +14,19 @@ from typing import Any, Self, TypeVar
 
 import brokers
 import brokers.json
-from brokers import Broker, ProducerRecord, Record, ResourceStateError, TopicSpec
+from brokers import (
+    Broker,
+    ProducerRecord,
+    Record,
+    ResourceStateError,
+    TopicSpec,
+    UnsupportedURLError,
+)
 from streams._agent import Agent, ErrorPolicy
 from streams._errors import DeclarationError
 from streams._event import Event
 from streams._global import GlobalTable
-from streams._placement import MISPLACED_POLICIES, ORIGIN_HEADER, MisplacedPolicy
+from streams._placement import MISPLACED_POLICIES, ORIGIN_HEADER, MisplacedPolicy, passed_on
 from streams._store import StoreKind
 from streams._stream import EventStream, Source
 from streams._table import RestoreProgress, Table
@@ -36,6 +43,7 @@ V = TypeVar("V")
 F = TypeVar("F", bound=Callable[..., Any])
 
 DEFAULT_BROKER = "memory://"
+BROKER_ENV = "NEUROPLEX_BROKER"
 
 
 class App:
@@ -43,12 +51,13 @@ class App:
 
     Declaring touches no event loop and no network; ``async with app`` (or :meth:`run`)
     connects, creates the topics and starts the agents; leaving drains them (each finishes its
-    batch and commits) and closes.
+    batch and commits) and closes. A stopped app may run again, in any event loop: it starts
+    as a fresh worker would, its tables restored from their changelogs.
 
     Args:
         name: the app's id: consumer groups are ``<name>.<agent>``, internal topics start with it.
-        broker: a broker URL or an opened :class:`brokers.Broker`; default ``NEUROPLEX_BROKER``,
-            else ``memory://``.
+        broker: a broker URL or an opened :class:`brokers.Broker`; default: the URL in the
+            ``NEUROPLEX_BROKER`` environment variable when the app starts, else ``memory://``.
         partitions: the partition count of topics declared without one.
         session_timeout: consumer-group session timeout of the agents, seconds.
         drain_timeout: how long leaving the app waits for agents to finish their batch.
@@ -222,9 +231,10 @@ class App:
     ) -> Topic[Any, Any]:
         """Re-key ``topic`` through the internal topic ``<app>.<name>.repartition``.
 
-        An internal agent forwards every event with ``key(event)`` as its key (same value), so
-        tables and agents of the returned topic see each new key on one partition. Forwarded
-        records carry their upstream position (``x-origin``), and tables keep the highest
+        An internal agent forwards every event with ``key(event)`` as its key (same value and
+        headers), so tables and agents of the returned topic see each new key on one partition.
+        Forwarded records carry their upstream position (``x-origin``: the record read here,
+        also when that one came through a repartition itself), and tables keep the highest
         upstream position applied per key, so a forward repeated after a crash is not counted
         twice: state stays exactly-once across the repartition.
 
@@ -252,7 +262,10 @@ class App:
                             target.encode_value(e.value),
                             target.encode_key(key(e)),
                             None,
-                            (*e.headers, (ORIGIN_HEADER, f"{e.partition}:{e.offset}".encode())),
+                            (
+                                *passed_on(e.headers),
+                                (ORIGIN_HEADER, f"{e.partition}:{e.offset}".encode()),
+                            ),
                         )
                         for e in chunk
                     ],
@@ -288,10 +301,19 @@ class App:
                 local file under ``state_dir``, larger than memory if need be; a restart
                 replays only the changelog's tail).
             standby: keep warm copies of the partitions this worker does not own (following
-                the changelog), so taking one over replays only the tail (memory store).
+                the changelog), so taking one over replays only the tail. Memory store only:
+                with ``store="sqlite"`` it raises :class:`DeclarationError`.
         """
         if name in self.tables:
             raise DeclarationError(f"a table named {name!r} is already declared")
+        if standby and store != "memory":
+            raise DeclarationError(
+                f"table {name!r}: standby=True keeps warm copies in memory and works with "
+                f"store='memory' only, not store={store!r}. With store='sqlite' a worker "
+                "restores the partitions it held before from its local file and reads only "
+                "the changelog's tail; choose store='memory', standby=True for warm copies of "
+                "the partitions it does not own, or drop standby=True"
+            )
         if source.app is not self:
             raise DeclarationError(f"{source!r} belongs to another app: declare it on {self!r}")
         table: Table[Any, Any] = Table(
@@ -484,22 +506,27 @@ class App:
         for agent in self.agents.values():
             agent.misplaced_policy()  # a policy the tables rule out fails here, not later
         self._started = True
+        self._failure_seen = False
+        self.sources = set()
         arg = self._broker_arg
-        if arg is None:
-            arg = os.environ.get("NEUROPLEX_BROKER", DEFAULT_BROKER)
-        if isinstance(arg, str):
-            self._broker = await brokers.connect(arg).open()
-            self._owns_broker = True
-        else:
-            self._broker = arg
+        self._owns_broker = arg is None or isinstance(arg, str)
         try:
+            if isinstance(arg, str):
+                self._broker = await brokers.connect(arg).open()
+            elif arg is None:
+                self._broker = await _open_broker_from_environment()
+            else:
+                self._broker = arg
             for topic in list(self.topics.values()):
                 await self._broker.create_topic(topic.spec(self.default_partitions))
                 await self._broker.create_topic(TopicSpec(topic.dead_letter_topic, partitions=1))
             for table in self.tables.values():
                 await table.start()
+            for global_table in self.global_tables.values():
+                global_table.start()
         except BaseException:
             await self._close_broker()
+            self._started = False
             raise
         self._stop_requested_event = asyncio.Event()
         if self.agents or self.global_tables:  # standby followers run with the agents
@@ -518,7 +545,7 @@ class App:
                 followers += [
                     tasks.create_task(t.follow_standby(), name=f"standby {t.name}")
                     for t in self.tables.values()
-                    if isinstance(t, Table) and t.standby and t.store_kind == "memory"
+                    if isinstance(t, Table) and t.standby  # memory store: checked when declared
                 ]
                 clocked = [
                     t
@@ -598,6 +625,7 @@ class App:
             for table in self.tables.values():
                 (table if isinstance(table, Table) else table.state).close()
             await self._close_broker()
+            self._started = False  # it may run again, as a fresh worker would
 
     async def _close_broker(self) -> None:
         broker, self._broker = self._broker, None
@@ -647,6 +675,18 @@ class App:
         log.warning(
             "dead letter %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
         )
+
+
+async def _open_broker_from_environment() -> Broker:
+    """The broker ``NEUROPLEX_BROKER`` names (unset or empty: ``memory://``), opened."""
+    url = os.environ.get(BROKER_ENV) or DEFAULT_BROKER
+    try:
+        log = brokers.connect(url)
+    except UnsupportedURLError as exc:
+        raise UnsupportedURLError(
+            url, f"{exc.reason} (it is {BROKER_ENV}, read because App(broker=...) was not given)"
+        ) from exc
+    return await log.open()
 
 
 def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:

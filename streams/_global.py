@@ -44,6 +44,13 @@ class GlobalTable(Generic[K, V]):
         self._applied: dict[TopicPartition, int] = {}
         self._advanced: asyncio.Event | None = None  # made on the running loop, in follow()
 
+    def start(self) -> None:
+        """The app starts: an empty copy, followed afresh on this run's loop."""
+        self._data.clear()
+        self._positions.clear()
+        self._applied.clear()
+        self._advanced = None
+
     def __repr__(self) -> str:
         return f"<GlobalTable {self.name} of {self.topic.name}: {len(self._data)} keys>"
 

@@ -82,6 +82,13 @@ def rerouted(record: Record, home: int, group: str) -> ProducerRecord:
     )
 
 
+def passed_on(headers: tuple[tuple[str, bytes], ...]) -> tuple[tuple[str, bytes], ...]:
+    """The headers a record forwarded to another topic keeps: all but ``x-origin`` and
+    ``x-rerouted-by``, which are about where the event was read, not about the new record
+    (a forwarder adds the origin it means; a reroute by its own agent is not another's)."""
+    return tuple(h for h in headers if h[0] != ORIGIN_HEADER and h[0] != REROUTED_HEADER)
+
+
 def forwarded(headers: tuple[tuple[str, bytes], ...]) -> tuple[tuple[int, int] | None, str | None]:
     """A record's origin (``x-origin``) and the group that rerouted it (``x-rerouted-by``)."""
     origin, by = None, None

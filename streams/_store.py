@@ -188,6 +188,18 @@ class SqliteStore:
         ).fetchone()
         return PartitionState(maps[0], maps[1], maps[2], 0 if row is None else int(row[0]))
 
+    def release(self, partition: int, *, unflushed: bool) -> None:
+        """A partition is no longer this worker's: stop writing it.
+
+        With ``unflushed`` changes (not in the changelog yet: their events are not committed
+        and come again), the partition is forgotten, since a commit of the others would make
+        those changes durable here, ahead of the changelog; it is read again from the
+        changelog when it comes back. Otherwise the file keeps it, current up to its position.
+        """
+        self._maps.pop(partition, None)  # its buffered writes go nowhere
+        if unflushed:
+            self.reset(partition)  # also what an iteration already moved into the transaction
+
     def reset(self, partition: int) -> None:
         """Forget a partition (its changelog no longer matches: replay it all)."""
         for name in ("data", "positions", "origins", "meta"):

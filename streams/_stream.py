@@ -26,7 +26,7 @@ from streams._context import Current
 from streams._context import current as _current
 from streams._errors import DecodeError
 from streams._event import Event
-from streams._placement import Placement, forwarded, rerouted
+from streams._placement import Placement, forwarded, passed_on, rerouted
 
 if TYPE_CHECKING:
     from streams._global import GlobalTable
@@ -91,10 +91,12 @@ class Source:
         self._batch: list[Record] = []
         self._index = 0
         self._skip: set[int] = set()
+        self._forgotten: set[int] = set()  # of partitions revoked: not this member's to commit
         self.current: int | None = None  # batch index of the event last yielded
         self._mark = 0  # batch index of the savepoint
         self.closed = False
         self.stopping = False  # set by the app to end the stream at the next batch boundary
+        self.lost: frozenset[TopicPartition] = frozenset()  # revoked partitions, see forget()
 
     @property
     def current_record(self) -> Record | None:
@@ -165,12 +167,14 @@ class Source:
         return None
 
     async def next(
-        self, timeout: float | None = None, *, savepoint: bool = True
+        self, timeout: float | None = None, *, savepoint: bool = True, finish: bool = True
     ) -> Event[Any, Any] | None:
         """The next event; ``None`` when ``timeout`` passes or the source ends.
 
         With ``savepoint`` (the default) the state before this event is what a failure rolls
-        back to; ``take`` sets one savepoint for a whole list.
+        back to; ``take`` sets one savepoint for a whole list. When the batch runs out, it is
+        finished (flushed and committed) and the next one fetched; without ``finish``, ``None``
+        comes instead (``take``, whose list still holds the batch's events).
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
@@ -198,7 +202,7 @@ class Source:
                     self.topic.decode(record)
                 except DecodeError as exc:
                     await self._dead_letter(record, exc.reason)
-            if self.closed:
+            if self.closed or not finish:
                 return None
             if self._batch and not self.stopping and self._may_hold(loop.time()):
                 # more is ready at once and the interval has not passed: keep going, so one
@@ -251,20 +255,28 @@ class Source:
 
     def _hold(self) -> None:
         """Keep the finished batch's positions for the next commit; the batch is done."""
-        _next_offsets(self.topic.name, self._batch, self._held)
+        _next_offsets(self.topic.name, self._batch, self._held, self._forgotten)
         self._take([])
 
     def _take(self, batch: list[Record]) -> None:
         self._batch, self._index, self._skip, self.current = batch, 0, set(), None
+        self._forgotten = set()
         self._mark = 0
 
     def forget(self, tps: frozenset[TopicPartition]) -> None:
         """Partitions taken away: their held positions are not this member's to commit.
 
-        Their tables dropped the changes too; the new owner handles the events again.
+        Their tables dropped the changes too; the new owner handles the events again. A
+        ``take`` list filling across fetches (:meth:`extend`) may hold events of them: they
+        are skipped from here on, and ``lost`` tells the list to drop them.
         """
         for tp in tps:
             self._held.pop(tp, None)
+        for i, record in enumerate(self._batch):
+            if TopicPartition(record.topic, record.partition) in tps:
+                self._skip.add(i)
+                self._forgotten.add(i)
+        self.lost |= tps
 
     def savepoint(self, index: int | None = None) -> None:
         """Failures from here on roll back to this point (the next event by default)."""
@@ -282,14 +294,37 @@ class Source:
         """True when every event of the fetched batch was handed out."""
         return self._index >= len(self._batch)
 
+    async def extend(self, timeout: float) -> bool:
+        """Fetch more records into the batch being handed out, without finishing it.
+
+        For ``take``: the batch's events are still in the agent's hands, so it is neither
+        flushed nor committed; the records fetched join it, and a failure rolls back to the
+        savepoint and hands out the events of both again. ``False`` when nothing came within
+        ``timeout`` seconds or the source is stopping.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not (self.stopping or self.closed or self.sub_closed()):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            # wake at least twice a second to notice a stop request
+            more = await self.sub.getmany(timeout=min(remaining, _IDLE_WAKE))
+            if more:
+                self._batch = [*self._batch, *more]
+                return True
+        return False
+
     def sub_closed(self) -> bool:
         return bool(getattr(self.sub, "closed", False))
 
     async def finish_batch(self) -> None:
         """Flush participants, then commit the positions of the events handed out."""
         positions, self._held = self._held, {}
-        # only what was handed out: an agent that returns mid-batch leaves the rest unread
-        _next_offsets(self.topic.name, self._batch[: self._index], positions)
+        # only what was handed out: an agent that returns mid-batch leaves the rest unread;
+        # and not what a revocation took away unhandled (given back at once, as Kafka's eager
+        # rebalance does, the partition resumes from its last commit: those events come again)
+        _next_offsets(self.topic.name, self._batch[: self._index], positions, self._forgotten)
         if not positions:
             self._take([])
             return
@@ -320,11 +355,19 @@ class Source:
         self.current = None
 
 
-def _next_offsets(topic: str, records: list[Record], into: dict[TopicPartition, int]) -> None:
-    """Record in ``into`` the next offset of each partition of ``records`` (all of ``topic``)."""
+def _next_offsets(
+    topic: str, records: list[Record], into: dict[TopicPartition, int], left_out: set[int]
+) -> None:
+    """Record in ``into`` the next offset of each partition of ``records`` (all of ``topic``),
+    leaving out the records at the indexes ``left_out``."""
     last: dict[int, int] = {}
-    for record in records:
-        last[record.partition] = record.offset
+    if left_out:
+        for i, record in enumerate(records):
+            if i not in left_out:
+                last[record.partition] = record.offset
+    else:
+        for record in records:
+            last[record.partition] = record.offset
     for partition, offset in last.items():
         into[TopicPartition(topic, partition)] = offset + 1
 
@@ -386,7 +429,8 @@ class Stream(Generic[T]):
     def through(self, topic: Topic[Any, Any]) -> Stream[T]:
         """Send each event's key and value to ``topic`` too, and pass the event on.
 
-        For a stream of events; other agents of ``topic`` then see them (at least once).
+        For a stream of events; other agents of ``topic`` then see them (at least once). The
+        headers go along, but for the framework's ``x-origin`` and ``x-rerouted-by``.
         """
 
         async def items() -> AsyncIterator[T]:
@@ -395,7 +439,7 @@ class Stream(Generic[T]):
                     from streams._errors import DeclarationError
 
                     raise DeclarationError("through() forwards events: use it before map()")
-                await topic.send(item.key, item.value, headers=item.headers)
+                await topic.send(item.key, item.value, headers=passed_on(item.headers))
                 yield item
 
         return self._derive(items)
@@ -450,6 +494,16 @@ class Chunk(list[Event[Any, Any]]):
         self.append(event)
         self._contexts.append(_current.get())
 
+    def drop(self, tps: frozenset[TopicPartition]) -> None:
+        """Remove the events of ``tps`` (partitions this member lost while the list filled)."""
+        kept = [
+            (event, context)
+            for event, context in zip(super().__iter__(), self._contexts, strict=True)
+            if event.topic_partition not in tps
+        ]
+        self[:] = [event for event, _ in kept]
+        self._contexts = [context for _, context in kept]
+
     def __iter__(self) -> Iterator[Event[Any, Any]]:
         for event, context in zip(super().__iter__(), self._contexts, strict=True):
             _current.set(context)
@@ -460,10 +514,13 @@ class EventStream(Stream[Event[Any, Any]]):
     """The stream an agent receives: events, plus operations that need the source's clock."""
 
     def take(self, n: int, *, within: float) -> Stream[Chunk]:
-        """Lists of up to ``n`` events, each given at most ``within`` seconds to fill.
+        """Lists of up to ``n`` events: each is handed over when it holds ``n`` events or
+        ``within`` seconds after its first event, whichever comes first.
 
-        A list never spans two fetched batches (it is handed over when the batch runs out), so
-        positions are never committed ahead of the events the agent still holds.
+        While a list fills, the events it holds are not committed: records fetched meanwhile
+        join the batch being handed out, which is flushed and committed when the agent asks
+        for the next list. So positions are never committed ahead of what the agent holds,
+        and a failure retries (or skips, or dead-letters) the whole list.
         """
         if n < 1 or within <= 0:
             from streams._errors import DeclarationError
@@ -474,22 +531,31 @@ class EventStream(Stream[Event[Any, Any]]):
         async def items() -> AsyncIterator[Chunk]:
             loop = asyncio.get_running_loop()
             while True:
-                chunk = Chunk()
-                deadline = loop.time() + within
                 source.savepoint()
+                # the first event, as long as it takes (the source wakes to notice a stop)
+                first = await source.next(savepoint=False)
+                if first is None:
+                    if source.closed:
+                        return
+                    continue
+                chunk = Chunk()
+                chunk.add(first)
+                source.lost = frozenset()  # partitions revoked from here on drop from the list
+                deadline = loop.time() + within
                 while len(chunk) < n:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
-                    event = await source.next(timeout=remaining, savepoint=False)
-                    if event is None:
-                        break
+                    event = await source.next(savepoint=False, finish=False)
+                    if event is None:  # the batch ran out: wait for more, holding it
+                        more = await source.extend(remaining)
+                        if source.lost:
+                            chunk.drop(source.lost)  # revoked meanwhile: no longer ours
+                        if not (more and chunk):
+                            break
+                        continue
                     chunk.add(event)
-                    if source.batch_exhausted():
-                        break
                 if chunk:
                     yield chunk
-                elif source.closed:
-                    return
 
         return self._derive(items)

@@ -47,7 +47,12 @@ ORIGINS_HEADER = "x-origin-next"  # JSON {upstream partition: next offset} behin
 _MISSING: Any = object()
 
 RestoreProgress = Callable[["Table[Any, Any]", int, int, int], None]
-"""Called as ``(table, partition, records_read, records_total)`` while a partition restores."""
+"""Called as ``(table, partition, records_read, records_total)`` while a partition restores.
+
+While it reads, ``records_total`` is the changelog offsets to read (at least the records:
+compaction and NATS sequences leave gaps); a last call, once the partition is restored, has
+``records_read == records_total``: the changelog records replayed (0 when there were none).
+"""
 
 
 class TableError(ConfigurationError):
@@ -322,6 +327,21 @@ class Table(Generic[K, V]):
 
     # ------------------------------------------------------------ assignment
     async def start(self) -> None:
+        """The app starts: begin as a fresh worker would (an app may run again after it
+        stopped; what an earlier run held comes back from the changelog, or the local store)."""
+        for state in (
+            self._data,
+            self._positions,
+            self._dirty,
+            self._origins,
+            self._partition_cache,
+            self._changelog_next,
+            self._standby,
+            self._rewind,
+            self.stream_times,  # cleared, not replaced: the windowed table shares it
+        ):
+            state.clear()
+        self._undo.clear()
         spec = await self.app.broker.describe_topic(self.source.name)
         self._partitions = spec.partitions
         if self.store_kind == "sqlite" and self._store is None:
@@ -362,6 +382,8 @@ class Table(Generic[K, V]):
                         # the follower skipped this partition while it was ours: read it
                         # again from where the copy ends
                         self._rewind[p] = self._changelog_next.get(p, 0)
+                if self._store is not None and tp.partition in self._data:
+                    self._store.release(tp.partition, unflushed=bool(self._dirty.get(tp.partition)))
                 self._data.pop(tp.partition, None)
                 self._positions.pop(tp.partition, None)
                 self._origins.pop(tp.partition, None)
@@ -406,7 +428,8 @@ class Table(Generic[K, V]):
                 name, partitions=[partition], start={partition: start}, max_batch=5000
             ) as sub:
                 while (sub.position(tp) or start) < end:
-                    for record in await sub.getmany(timeout=1.0):
+                    batch = await sub.getmany(timeout=1.0)
+                    for record in batch:
                         read += 1
                         if record.key is None:
                             continue
@@ -423,8 +446,12 @@ class Table(Generic[K, V]):
                             data.pop(key, None)
                         else:
                             data[key] = self._value_codec.decode(record.value)
-                    if self.on_restore is not None:
+                    if batch and self.on_restore is not None and (sub.position(tp) or start) < end:
+                        # the offsets still to read: an upper bound of the records (compaction
+                        # and NATS sequences leave gaps), so the last report below may be lower
                         self.on_restore(self, partition, read, max(read, end - start))
+        if self.on_restore is not None:
+            self.on_restore(self, partition, read, read)  # restored: all there was to read
         self._data[partition] = data
         self._positions[partition] = positions
         self._origins[partition] = origins

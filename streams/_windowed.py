@@ -326,6 +326,17 @@ class WindowedTable(Generic[K, V]):
         await self.state.flush(positions)
 
     async def start(self) -> None:
+        """The app starts: begin as a fresh worker would (see :meth:`Table.start`)."""
+        self.late = self._late_undo = 0
+        for state in (
+            self._deadlines,
+            self._time_undo,
+            self._closed_undo,
+            self._closing,
+            self._emitted,
+            self._to_emit,
+        ):
+            state.clear()
         await self.state.start()
 
     async def on_assigned(self, tps: frozenset[TopicPartition]) -> None:

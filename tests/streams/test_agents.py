@@ -10,8 +10,11 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 import brokers
+from brokers import TopicPartition
 from streams import AgentError, App, DeclarationError, EncodeError, Event, EventStream
 from tests.brokers.conftest import SESSION_TIMEOUT, consume, unique
+
+HOUR = 3600.0
 
 
 class PageView(BaseModel):
@@ -165,6 +168,72 @@ async def test_sync_function_with_a_sink_and_stream_operations(broker_url: str) 
     assert sorted(v for _, v in numbered) == expected
     assert [i for i, _ in numbered] == list(range(len(expected)))
     assert sorted(v for c in chunks for v in c) == list(range(1, 21))
+
+
+def one_partition_app(broker_url: str) -> tuple[App, Any]:
+    app = App(unique("take"), broker=broker_url, partitions=1, session_timeout=SESSION_TIMEOUT)
+    return app, app.topic(unique("events"), value_type=int)
+
+
+@pytest.mark.backends("memory", "sqlite")  # how take() fills its lists, not a log feature
+async def test_take_hands_a_list_over_when_it_holds_n_events(broker_url: str) -> None:
+    app, events = one_partition_app(broker_url)
+    chunks: list[list[int]] = []
+
+    @app.agent(events)
+    async def batches(stream: EventStream) -> None:
+        async for chunk in stream.take(4, within=HOUR):  # no list ends by time here
+            chunks.append([e.value for e in chunk])
+
+    async with app:
+        await events.send_many([("k", n) for n in range(10)])
+        await wait_for(lambda: len(chunks) == 2)
+        assert chunks == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    # stopping hands over the list still filling (then commits it)
+    assert chunks == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+@pytest.mark.backends("memory", "sqlite")
+async def test_take_hands_a_shorter_list_over_within_seconds_on_a_quiet_stream(
+    broker_url: str,
+) -> None:
+    app, events = one_partition_app(broker_url)
+    chunks: list[list[int]] = []
+
+    @app.agent(events)
+    async def batches(stream: EventStream) -> None:
+        async for chunk in stream.take(100, within=0.2):
+            chunks.append([e.value for e in chunk])
+
+    async with app:
+        await events.send_many([("k", n) for n in range(3)])
+        await wait_for(lambda: len(chunks) == 1)
+        await events.send_many([("k", n) for n in range(3, 5)])
+        await wait_for(lambda: len(chunks) == 2)
+    assert chunks == [[0, 1, 2], [3, 4]], "3 and 2 events, far fewer than n"
+
+
+@pytest.mark.backends("memory", "sqlite")
+async def test_take_fills_a_list_across_fetches_and_retries_it_whole(broker_url: str) -> None:
+    app, events = one_partition_app(broker_url)
+    attempts: list[list[int]] = []
+
+    @app.agent(events, retries=1, backoff=0)
+    async def batches(stream: EventStream) -> None:
+        async for chunk in stream.take(2, within=HOUR):
+            attempts.append([e.value for e in chunk])
+            if len(attempts) == 1:
+                raise ValueError("the first attempt fails: the whole list comes again")
+
+    async with app:
+        await events.send("k", 1)
+        member = app.agents["batches"]._members  # to see when the first one is fetched
+        await wait_for(
+            lambda: bool(member) and member[0].position(TopicPartition(events.name, 0)) == 1
+        )
+        await events.send("k", 2)  # fetched on its own, into the list holding the first
+        await wait_for(lambda: len(attempts) == 2)
+    assert attempts == [[1, 2], [1, 2]]
 
 
 async def test_declarations_are_checked_and_loop_free() -> None:

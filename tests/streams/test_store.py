@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
 import brokers
-from streams import App, EventStream, Table
+from brokers import ConfigurationError
+from streams import App, DeclarationError, EventStream, Table
 from tests.brokers.conftest import SESSION_TIMEOUT, unique
 
 
@@ -60,6 +63,67 @@ async def test_a_restart_replays_only_the_changelog_tail(
         assert sum(v for _, v in counts.items()) == keys + 10
     assert sum(read) == 0, "the local store held everything: no changelog record was read"
     assert (tmp_path / name / "counts.db").exists()
+
+
+@pytest.mark.backends("memory")  # the local store's bookkeeping, not a log feature
+async def test_a_local_file_never_holds_changes_the_changelog_lacks(
+    broker: brokers.Broker, tmp_path: Path
+) -> None:
+    """A partition taken away between a change and its flush, then given back (sqlite store).
+
+    Meanwhile another partition's flush commits the file: the change must not go with it, or
+    the events behind it, which come again, would be skipped and never reach the changelog.
+    """
+    name, topic = unique("fileahead"), unique("views")
+    app = App(
+        name, broker=broker, partitions=2, session_timeout=SESSION_TIMEOUT, state_dir=tmp_path
+    )
+    views = app.topic(topic, value_type=int)
+    counts: Table[str, int] = app.table("counts", source=views, default=int, store="sqlite")
+    source = brokers.TopicPartition(topic, 0)  # where "a" is; "d" is on partition 1
+    after_handback: list[int] = []
+
+    @app.agent(views)
+    async def count(stream: EventStream) -> None:
+        async for event in stream:
+            assert event.key is not None
+            counts[event.key] += event.value
+            if event.value == 100:  # "a": the group rebalances mid-batch, p0 goes
+                await counts.on_revoked(frozenset({source}))
+            if event.value == 200:  # a later batch: p0 comes back
+                await counts.on_assigned(frozenset({source}))
+                after_handback.append(counts["a"])
+
+    async with app:
+        await views.send("a", 1)
+        async with asyncio.timeout(60):
+            while "a" not in counts or counts["a"] != 1:  # noqa: ASYNC110 - by the agent
+                await asyncio.sleep(0.05)
+        # one batch: "a" changes and its partition goes; "d" (partition 1) is flushed after
+        await views.send_many([("a", 100), ("d", 1)])
+        async with asyncio.timeout(60):
+            while "d" not in counts:  # noqa: ASYNC110 - by the agent
+                await asyncio.sleep(0.05)
+        await views.send("d", 200)
+        async with asyncio.timeout(60):
+            while not after_handback:  # noqa: ASYNC110 - by the agent
+                await asyncio.sleep(0.05)
+    assert after_handback == [1], "taken back, the table holds what the changelog holds"
+
+
+def test_standby_with_the_sqlite_store_is_refused_when_declared() -> None:
+    app = App(unique("standby"), broker="memory://")
+    views = app.topic("views", value_type=int)
+    with pytest.raises(DeclarationError) as info:
+        app.table("counts", source=views, store="sqlite", standby=True)
+    assert isinstance(info.value, ConfigurationError)
+    assert "standby=True" in str(info.value)
+    assert "store='memory', standby=True" in str(info.value), "it says what to choose"
+    assert "counts" not in app.tables
+    assert list(app.topics) == ["views"], "nothing of the table was declared"
+    # either on its own is fine
+    app.table("counts", source=views, store="sqlite")
+    app.table("copies", source=views, standby=True)
 
 
 def standby_worker(log: brokers.Broker, name: str, topic: str) -> tuple[App, Table[str, int]]:
