@@ -42,6 +42,7 @@ from brokers._kafka_support import (
     TRANSLATED,
     forbid_auto_create,
     headers_of,
+    leave_from_generation_zero,
     log,
     make_record,
     record_from_kafka,
@@ -159,6 +160,7 @@ class KafkaSubscription(BaseSubscription):
             forbid_auto_create(consumer._client)
             await consumer.start()
             self._hook_records(consumer)
+            leave_from_generation_zero(consumer)
             if options.group is None:
                 await self._assign_chosen()
             else:

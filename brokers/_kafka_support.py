@@ -25,7 +25,9 @@ from typing import Any
 import aiokafka.errors as kafka_errors
 from aiokafka.client import ConnectionGroup
 from aiokafka.conn import create_conn
+from aiokafka.protocol.group import LeaveGroupRequest
 from aiokafka.protocol.metadata import MetadataRequest
+from aiokafka.structs import TopicPartition
 from pydantic import SecretStr
 
 from brokers._connect import redact_url
@@ -46,6 +48,7 @@ __all__ = (
     "KafkaTarget",
     "error_for_code",
     "forbid_auto_create",
+    "leave_from_generation_zero",
     "make_record",
     "probe",
     "record_from_kafka",
@@ -347,6 +350,49 @@ def forbid_auto_create(client: Any) -> None:
             "this aiokafka version is not supported by neuroplex: install aiokafka>=0.11,<0.15"
         )
     client._metadata_update = _metadata_update.__get__(client)
+
+
+async def _leave_group(coordinator: Any, consumer: Any) -> None:
+    """aiokafka's group leave, also from generation 0 when this member holds every partition.
+
+    aiokafka leaves only from a generation above 0, but Tansu numbers a group's first
+    generation 0: a lone member that closed never said so, and the next member to join waited
+    out its session. Only a lone member leaves from generation 0: when two members leave one
+    after the other, Tansu keeps waiting, for as long as the rebalance timeout, for the one
+    that left while the rebalance was under way (measured: a newcomer still unassigned after
+    30 s; it happens from generation 1 too, with aiokafka's own leave). Best effort, as
+    aiokafka's: a failed request is logged, and the session timeout ends the membership anyway.
+    """
+    generation = coordinator.generation
+    if coordinator.member_id and (generation > 0 or (generation == 0 and _alone(consumer))):
+        request = LeaveGroupRequest(coordinator.group_id, coordinator.member_id)
+        try:
+            await coordinator._send_req(request)
+        except kafka_errors.KafkaError as exc:
+            log.info("leaving group %r failed: %r", coordinator.group_id, exc)
+    coordinator.reset_generation()
+
+
+def _alone(consumer: Any) -> bool:
+    """Whether the consumer holds every partition of the topics it subscribed to."""
+    held = consumer.assignment()
+    cluster = consumer._client.cluster
+    for topic in consumer.subscription():
+        partitions = cluster.partitions_for_topic(topic) or set()
+        if any(TopicPartition(topic, p) not in held for p in partitions):
+            return False
+    return bool(held)
+
+
+def leave_from_generation_zero(consumer: Any) -> None:
+    """Let a started consumer's group coordinator leave its group on close from generation 0
+    too (see :func:`_leave_group`); nothing global changes."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None or not hasattr(coordinator, "_maybe_leave_group"):
+        return  # no group, or an aiokafka without the hook: it leaves from generation 1 on
+    if getattr(coordinator, "_group_instance_id", None) is not None:
+        return  # static membership: leaving is not wanted
+    coordinator._maybe_leave_group = lambda: _leave_group(coordinator, consumer)
 
 
 # ---------------------------------------------------------------- records on the hot path

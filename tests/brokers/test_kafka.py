@@ -279,6 +279,31 @@ async def test_on_revoked_can_still_commit(broker: brokers.Broker) -> None:
 
 
 @kafka
+async def test_a_closed_member_leaves_its_group_from_any_generation(
+    broker: brokers.Broker, broker_url: str
+) -> None:
+    """A lone member of a first generation (Tansu numbers it 0, aiokafka leaves from 1 on)."""
+    name, group = unique("leave"), unique("g")
+    await broker.create_topic(TopicSpec(name, partitions=2))
+    async with broker.subscribe(name, group=group, session_timeout=SESSION_TIMEOUT) as member:
+        await poll_until([member], lambda: len(member.assignment) == 2)
+        admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(broker_url))
+        await admin.start()
+        try:
+            before = await admin.describe_consumer_groups([group])
+            assert len(before[0].groups[0][-1]) == 1  # one member
+        finally:
+            await admin.close()
+    admin = AIOKafkaAdminClient(bootstrap_servers=_bootstrap(broker_url))
+    await admin.start()
+    try:
+        after = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    assert after[0].groups[0][-1] == [], "the closed member left: no one waits out its session"
+
+
+@kafka
 async def test_no_record_comes_before_on_assigned_has_finished(broker: brokers.Broker) -> None:
     name, group = unique("slowassign"), unique("g")
     await broker.create_topic(TopicSpec(name, partitions=2))
