@@ -50,6 +50,7 @@ from brokers import (
     ResourceStateError,
     TopicSpec,
 )
+from brokers._tasks import stop_task
 from operators import ChangeBuffer, OverflowPolicy, feed_observable
 from streams import App
 
@@ -191,8 +192,7 @@ class Memory:
         for task in tasks:
             task.cancel()
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await stop_task(task)
 
     async def _fail(self, exc: Exception) -> None:
         """The fold stopped: the view is not trusted past this point (no snapshot is written)."""

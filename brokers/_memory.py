@@ -25,6 +25,7 @@ from brokers._errors import (
 )
 from brokers._groups import assign_partitions
 from brokers._settings import MemorySettings
+from brokers._tasks import stop_task
 from brokers._types import Position, ProducerRecord, Record, TopicPartition, TopicSpec
 
 __all__ = ("MemoryBroker",)
@@ -298,10 +299,7 @@ class MemorySubscription(BaseSubscription):
         self._log.rebalance(group)
 
     async def _close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
+        await stop_task(self._heartbeat)
         self._register(frozenset())
         log = self._broker._log
         group_name = self._options.group

@@ -39,6 +39,7 @@ from brokers._nats_client import pub
 from brokers._nats_codec import decode_headers
 from brokers._nats_groups import GroupMember
 from brokers._nats_support import RECOVERABLE, TRANSLATED, ApiError, log
+from brokers._tasks import stop_task
 from brokers._types import Headers, Record, TopicPartition
 
 if TYPE_CHECKING:
@@ -150,10 +151,7 @@ class NatsSubscription(BaseSubscription):
     async def _close(self) -> None:
         self._wake.set()
         runner, self._runner = self._runner, None
-        if runner is not None:
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+        await stop_task(runner)
         if self._group is not None:
             await self._group.leave()
         for part in list(self._parts.values()):

@@ -38,6 +38,7 @@ from brokers._errors import (
 from brokers._settings import SqliteSettings
 from brokers._sqlite_schema import connect_file, prepare_file, translate_error
 from brokers._sqlite_writer import Work, Writer
+from brokers._tasks import stop_task
 from brokers._types import Position, ProducerRecord, Record, TopicPartition, TopicSpec
 
 __all__ = ("SqliteBroker", "SqliteSubscription")
@@ -132,9 +133,7 @@ class SqliteBroker(BaseBroker):
 
     async def _close(self) -> None:
         if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            await stop_task(self._poller)
             self._poller = None
         if self._writer is not None:
             await self._writer.aclose()
@@ -310,11 +309,8 @@ class SqliteSubscription(BaseSubscription):
         self._heartbeat = asyncio.create_task(self._beat(), name=f"heartbeat {member}")
 
     async def _close(self) -> None:
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+        await stop_task(self._heartbeat)
+        self._heartbeat = None
         self._register(frozenset())
         group, member, broker = self._options.group, self._member, self._broker
         if group is not None:

@@ -43,7 +43,8 @@ class AgentError(NeuroplexError):
         self.attempts = attempts
         super().__init__(
             f"agent {agent!r} failed {attempts} time(s) on {record.topic}[{record.partition}]"
-            f"@{record.offset}: {type(cause).__name__}: {cause}. Fix the code or the data, or "
+            f"@{record.offset}: {type(cause).__name__}: {str(cause).rstrip('.')}. Fix the code "
+            "or the data, or "
             "declare the agent with on_error='skip' or 'dead_letter'."
         )
 

@@ -22,6 +22,7 @@ from brokers import (
     TopicSpec,
     UnsupportedURLError,
 )
+from brokers._tasks import stop_task
 from streams._agent import Agent, ErrorPolicy
 from streams._errors import DeclarationError
 from streams._event import Event
@@ -606,17 +607,28 @@ class App:
             if runner is not None and not runner.done():
                 for source in self.sources:
                     source.stopping = True
-                try:
-                    async with asyncio.timeout(self.drain_timeout):
-                        await asyncio.shield(runner)
-                except TimeoutError:
+                await asyncio.wait([runner], timeout=self.drain_timeout)
+                if not runner.done():
                     log.warning(
-                        "app %s: agents did not drain in %ss", self.name, self.drain_timeout
+                        "app %s: agents did not drain in %ss; cancelling them",
+                        self.name,
+                        self.drain_timeout,
                     )
-                    runner.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await runner
-            if runner is not None and not self._failure_seen and not runner.cancelled():
+                if not await stop_task(runner, timeout=self.drain_timeout):
+                    # closing the broker below fails what they wait on
+                    log.error(
+                        "app %s: agents still running %ss after they were cancelled; "
+                        "closing the app under them",
+                        self.name,
+                        self.drain_timeout,
+                    )
+                    runner.add_done_callback(self._ended_after_stop)
+            if (
+                runner is not None
+                and runner.done()
+                and not self._failure_seen
+                and not runner.cancelled()
+            ):
                 self._failure_seen = True
                 failure = runner.exception()
                 if failure is not None:
@@ -626,6 +638,13 @@ class App:
                 (table if isinstance(table, Table) else table.state).close()
             await self._close_broker()
             self._started = False  # it may run again, as a fresh worker would
+
+    def _ended_after_stop(self, runner: asyncio.Task[None]) -> None:
+        """The agents ended at last, after :meth:`stop` returned: nobody is left to raise to."""
+        if not runner.cancelled() and runner.exception() is not None:
+            log.warning(
+                "app %s: agents ended after the app stopped: %r", self.name, runner.exception()
+            )
 
     async def _close_broker(self) -> None:
         broker, self._broker = self._broker, None

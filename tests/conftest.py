@@ -15,7 +15,13 @@ import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
+import hypothesis  # noqa: F401 - imported here, at start-up: see below
 import pytest
+
+# hypothesis's pytest plugin imports hypothesis at the end of a run when no test did; after a
+# test that left a coroutine suspended in an except block (an agent swallowing cancellations),
+# CPython 3.11.7 then fails to compile it ("AST constructor recursion depth mismatch",
+# gh-106905, fixed in 3.11.8), and the run ends in a SystemError although every test passed.
 
 _AHEAD = 10.0  # seconds before pytest-timeout's limit
 

@@ -280,3 +280,36 @@ async def test_dataclass_values_and_concurrency_across_partitions(broker_url: st
     assert len(members) == 2, "two members of the agent's group ran in this worker"
     first, second = members.values()
     assert not first & second, "each partition is read by one member"
+
+
+@pytest.mark.backends("memory")  # how stop() ends agents, not a log feature
+async def test_stop_ends_even_an_agent_that_ignores_its_cancellation(
+    broker_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Leaving the app waits ``drain_timeout`` for the batch, cancels, waits as long again,
+    then closes under an agent that still runs: it never hangs."""
+    app = App(unique("stuck"), broker=broker_url, partitions=1, drain_timeout=0.2)
+    events = app.topic(unique("events"), value_type=int)
+    release = asyncio.Event()
+    started = asyncio.Event()
+
+    @app.agent(events)
+    async def stubborn(stream: EventStream) -> None:
+        async for _ in stream:
+            started.set()
+            while not release.is_set():
+                try:
+                    await release.wait()
+                except asyncio.CancelledError:
+                    continue  # a bug in user code: it swallows every cancellation
+
+    async with asyncio.timeout(30):
+        async with app:
+            await events.send("k", 1)
+            await started.wait()
+    assert "did not drain in 0.2s" in caplog.text
+    assert "still running 0.2s after they were cancelled" in caplog.text
+    release.set()  # it ends at last (on the closed subscription): said, not lost
+    async with asyncio.timeout(30):
+        while "agents ended after the app stopped" not in caplog.text:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)

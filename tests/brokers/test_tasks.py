@@ -1,0 +1,68 @@
+"""Stopping background tasks: a cancellation of the one that stops them is never swallowed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from brokers._tasks import stop_task
+
+
+async def test_stopping_a_task_waits_for_its_end() -> None:
+    cleaned: list[str] = []
+
+    async def worker() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await asyncio.sleep(0.01)  # cleanup that takes a while
+            cleaned.append("done")
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(0)
+    assert await stop_task(task) is True
+    assert task.cancelled()
+    assert cleaned == ["done"]
+
+
+async def test_a_cancellation_of_the_caller_is_not_swallowed() -> None:
+    """What ``with suppress(CancelledError): await task`` gets wrong."""
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    closer = asyncio.create_task(stop_task(task))
+    await asyncio.sleep(0.01)
+    closer.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closer
+    release.set()
+    await task
+
+
+async def test_a_task_outlasting_the_timeout_is_reported_and_its_failure_retrieved() -> None:
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+        raise ValueError("failed on the way out")
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    assert await stop_task(task, timeout=0.05) is False
+    release.set()
+    assert await stop_task(task) is True  # ended with an exception: retrieved, not raised
+    assert isinstance(task.exception(), ValueError)
+    assert await stop_task(None) is True
