@@ -1,4 +1,4 @@
-"""Ending background tasks without losing a cancellation of the one that ends them."""
+"""Ending background tasks: surely, and without losing a cancellation of the one ending them."""
 
 from __future__ import annotations
 
@@ -7,10 +7,19 @@ from typing import Any
 
 __all__ = ("stop_task",)
 
+_AGAIN = 0.5
+"""Seconds between cancellations of a task that has not ended yet (see :func:`stop_task`)."""
+
 
 async def stop_task(task: asyncio.Task[Any] | None, *, timeout: float | None = None) -> bool:
     """Cancel ``task`` and wait until it has ended; whether it ended (``False``: ``timeout``
-    seconds passed first, the task ignoring or outlasting its cancellation).
+    seconds passed first, the task outlasting every cancellation).
+
+    A cancellation can be lost on Python 3.11: ``asyncio.wait_for``, which nats-py and aiokafka
+    await everywhere, returns the result instead of raising ``CancelledError`` when the awaited
+    future completes in the same loop iteration as the cancel (CPython gh-86296, fixed in
+    3.12). The task then carries on as if never cancelled (a background loop: forever). So the
+    task is cancelled again every half second until it ends.
 
     ``with suppress(CancelledError): await task`` would also swallow a cancellation of the
     caller arriving meanwhile, and the caller would carry on as if never cancelled; waiting
@@ -20,11 +29,14 @@ async def stop_task(task: asyncio.Task[Any] | None, *, timeout: float | None = N
     """
     if task is None:
         return True
-    if not task.done():
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    while not task.done():
         task.cancel()
-        await asyncio.wait([task], timeout=timeout)
-        if not task.done():
+        wait = _AGAIN if deadline is None else min(_AGAIN, deadline - loop.time())
+        if wait <= 0:
             return False
+        await asyncio.wait([task], timeout=wait)
     if not task.cancelled():
         task.exception()
     return True

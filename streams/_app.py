@@ -575,8 +575,7 @@ class App:
     async def _stop_followers(self, followers: list[asyncio.Task[None]]) -> None:
         """Global tables follow their topic until the app stops."""
         await self._stop_requested.wait()
-        for follower in followers:
-            follower.cancel()
+        await asyncio.gather(*(stop_task(follower) for follower in followers))
 
     async def _wall_clock(self, tables: list[WindowedTable[Any, Any]]) -> None:
         """Emit windows whose time passed on the wall clock, once a second, until stopping.

@@ -66,3 +66,22 @@ async def test_a_task_outlasting_the_timeout_is_reported_and_its_failure_retriev
     assert await stop_task(task) is True  # ended with an exception: retrieved, not raised
     assert isinstance(task.exception(), ValueError)
     assert await stop_task(None) is True
+
+
+async def test_a_lost_cancellation_is_made_again() -> None:
+    """On Python 3.11, ``wait_for`` loses a cancel that lands as its future completes
+    (CPython gh-86296): nats-py's requests are built on it. The task must end anyway."""
+    answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    after: list[str] = []
+
+    async def worker() -> None:
+        await asyncio.wait_for(answer, 10)  # the reply arrives as the cancel does
+        after.append("carried on")  # on 3.11: the cancel was lost here
+        await asyncio.Event().wait()
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(0)
+    answer.set_result(None)
+    async with asyncio.timeout(10):
+        assert await stop_task(task) is True
+    assert task.cancelled()
