@@ -51,6 +51,7 @@ from brokers._base import SubscribeOptions
 from brokers._errors import BrokerError, NeuroplexError, StaleMemberError, UnknownTopicError
 from brokers._groups import assign_partitions
 from brokers._nats_support import RECOVERABLE, log, translating
+from brokers._tasks import supervise
 from brokers._types import TopicPartition
 
 if TYPE_CHECKING:
@@ -275,9 +276,12 @@ class GroupMember:
     async def run(self) -> None:
         """Heartbeats and the membership watch, until cancelled."""
         try:
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._heartbeats())
-                tasks.create_task(self._watch())
+            await supervise(
+                [
+                    asyncio.create_task(self._heartbeats(), name=f"heartbeats of {self.id}"),
+                    asyncio.create_task(self._watch(), name=f"membership watch of {self.id}"),
+                ]
+            )
         except Exception as exc:  # noqa: BLE001 - a bug: surfaced by check() in the next getmany
             log.exception("nats: group %r: membership stopped", self.group)
             self._failure = exc

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ("stop_task",)
+__all__ = ("stop_task", "supervise")
 
 _AGAIN = 0.5
 """Seconds between cancellations of a task that has not ended yet (see :func:`stop_task`)."""
@@ -40,3 +42,36 @@ async def stop_task(task: asyncio.Task[Any] | None, *, timeout: float | None = N
     if not task.cancelled():
         task.exception()
     return True
+
+
+async def supervise(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Wait for ``tasks`` to end, as an :class:`asyncio.TaskGroup` would, but surely.
+
+    The first to fail has the others stopped and its exception raised (not wrapped in an
+    exception group). When the caller is cancelled, every task is cancelled, *again every half
+    second* until all have ended, then the cancellation goes on: a TaskGroup cancels its tasks
+    once, so one whose cancel was lost (see :func:`stop_task`) would keep it waiting forever.
+    """
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except asyncio.CancelledError:
+        while not all(task.done() for task in tasks):
+            for task in tasks:
+                task.cancel()
+            # a further cancel of the caller: it is what is being done already
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait(tasks, timeout=_AGAIN)
+        for task in tasks:
+            if not task.cancelled():
+                task.exception()
+        raise
+    failures = [
+        exc
+        for task in tasks
+        if task in done and not task.cancelled() and (exc := task.exception()) is not None
+    ]
+    if not failures:
+        return
+    for task in tasks:
+        await stop_task(task)
+    raise failures[0]

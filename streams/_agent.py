@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 
 from brokers import NeuroplexError, ProducerRecord, Record, Subscription, TopicPartition
+from brokers._tasks import supervise
 from streams._errors import DeclarationError
 from streams._event import Event
 from streams._placement import MisplacedPolicy, Placement
@@ -125,9 +126,12 @@ class Agent(Generic[K, V]):
 
     async def run(self) -> None:
         """Run ``concurrency`` members of the agent's group until cancelled or finished."""
-        async with asyncio.TaskGroup() as tasks:
-            for i in range(self.concurrency):
-                tasks.create_task(self._member(), name=f"agent {self.name} #{i}")
+        await supervise(
+            [
+                asyncio.create_task(self._member(), name=f"agent {self.name} #{i}")
+                for i in range(self.concurrency)
+            ]
+        )
 
     async def _member(self) -> None:
         app = self.app

@@ -22,7 +22,7 @@ from brokers import (
     TopicSpec,
     UnsupportedURLError,
 )
-from brokers._tasks import stop_task
+from brokers._tasks import stop_task, supervise
 from streams._agent import Agent, ErrorPolicy
 from streams._errors import DeclarationError
 from streams._event import Event
@@ -535,30 +535,31 @@ class App:
         return self
 
     async def _run_agents(self) -> None:
-        try:
-            async with asyncio.TaskGroup() as tasks:
-                for agent in self.agents.values():
-                    tasks.create_task(agent.run(), name=f"agent {agent.name}")
-                followers = [
-                    tasks.create_task(g.follow(), name=f"global table {g.name}")
-                    for g in self.global_tables.values()
-                ]
-                followers += [
-                    tasks.create_task(t.follow_standby(), name=f"standby {t.name}")
-                    for t in self.tables.values()
-                    if isinstance(t, Table) and t.standby  # memory store: checked when declared
-                ]
-                clocked = [
-                    t
-                    for t in self.tables.values()
-                    if isinstance(t, WindowedTable) and t.close_on_wall_clock
-                ]
-                if clocked:
-                    tasks.create_task(self._wall_clock(clocked), name="wall-clock windows")
-                if followers:
-                    tasks.create_task(self._stop_followers(followers), name="followers")
-        except BaseExceptionGroup as group:
-            raise _first_leaf(group) from None
+        tasks = [
+            asyncio.create_task(agent.run(), name=f"agent {agent.name}")
+            for agent in self.agents.values()
+        ]
+        followers = [
+            asyncio.create_task(g.follow(), name=f"global table {g.name}")
+            for g in self.global_tables.values()
+        ]
+        followers += [
+            asyncio.create_task(t.follow_standby(), name=f"standby {t.name}")
+            for t in self.tables.values()
+            if isinstance(t, Table) and t.standby  # memory store: checked when declared
+        ]
+        tasks += followers
+        clocked = [
+            table
+            for table in self.tables.values()
+            if isinstance(table, WindowedTable) and table.close_on_wall_clock
+        ]
+        if clocked:
+            tasks.append(asyncio.create_task(self._wall_clock(clocked), name="wall-clock windows"))
+        if followers:
+            tasks.append(asyncio.create_task(self._stop_followers(followers), name="followers"))
+        # not a TaskGroup: it cancels its tasks once, and a lost cancel would hang stop()
+        await supervise(tasks)
 
     @property
     def stopping(self) -> bool:
@@ -640,10 +641,12 @@ class App:
 
     def _ended_after_stop(self, runner: asyncio.Task[None]) -> None:
         """The agents ended at last, after :meth:`stop` returned: nobody is left to raise to."""
-        if not runner.cancelled() and runner.exception() is not None:
-            log.warning(
-                "app %s: agents ended after the app stopped: %r", self.name, runner.exception()
-            )
+        if runner.cancelled():
+            outcome = "cancelled"
+        else:
+            failure = runner.exception()
+            outcome = "returned" if failure is None else f"failed: {failure!r}"
+        log.warning("app %s: agents ended after the app stopped (%s)", self.name, outcome)
 
     async def _close_broker(self) -> None:
         broker, self._broker = self._broker, None
@@ -705,11 +708,3 @@ async def _open_broker_from_environment() -> Broker:
             url, f"{exc.reason} (it is {BROKER_ENV}, read because App(broker=...) was not given)"
         ) from exc
     return await log.open()
-
-
-def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first real error inside (nested) task groups: what the user needs to see."""
-    first = group.exceptions[0]
-    while isinstance(first, BaseExceptionGroup):
-        first = first.exceptions[0]
-    return first

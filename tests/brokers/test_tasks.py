@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from brokers._tasks import stop_task
+from brokers._tasks import stop_task, supervise
 
 
 async def test_stopping_a_task_waits_for_its_end() -> None:
@@ -85,3 +85,42 @@ async def test_a_lost_cancellation_is_made_again() -> None:
     async with asyncio.timeout(10):
         assert await stop_task(task) is True
     assert task.cancelled()
+
+
+async def test_supervised_tasks_stop_at_the_first_failure_which_is_raised() -> None:
+    stopped: list[str] = []
+
+    async def long() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.append("long")
+
+    async def failing() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("broken")
+
+    tasks = [asyncio.create_task(long()), asyncio.create_task(failing())]
+    with pytest.raises(ValueError, match="broken"):  # itself, not an exception group
+        await supervise(tasks)
+    assert stopped == ["long"]
+    assert all(task.done() for task in tasks)
+
+
+async def test_a_supervised_task_whose_cancel_was_lost_is_cancelled_again() -> None:
+    """What a TaskGroup gets wrong: it cancels its tasks once, then waits forever."""
+    answer: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def worker() -> None:
+        await asyncio.wait_for(answer, 10)
+        await asyncio.Event().wait()
+
+    child = asyncio.create_task(worker())
+    parent = asyncio.create_task(supervise([child]))
+    await asyncio.sleep(0)
+    answer.set_result(None)
+    parent.cancel()  # cancels the child in this same iteration: on 3.11 the cancel is lost
+    async with asyncio.timeout(10):
+        with pytest.raises(asyncio.CancelledError):
+            await parent
+    assert child.cancelled()
