@@ -367,6 +367,7 @@ class BaseSubscription(ABC):
         self._state = State.NEW
         self._assignment: frozenset[TopicPartition] = frozenset()
         self._positions: dict[TopicPartition, int] = {}
+        self._woken = False  # wakeup() was called and no waiting fetch has returned for it
 
     @property
     def group(self) -> str | None:
@@ -473,6 +474,16 @@ class BaseSubscription(ABC):
             out.extend(chunk)
         return out
 
+    def wakeup(self) -> None:
+        self._woken = True
+        if self._state is State.OPEN:
+            self._wake_fetch()
+
+    def _woken_up(self) -> bool:
+        """For ``_fetch``, about to wait: ``True`` (once) when :meth:`wakeup` asks it not to."""
+        woken, self._woken = self._woken, False
+        return woken
+
     async def __aiter__(self) -> AsyncIterator[list[Record]]:
         while self._state is State.OPEN:
             try:
@@ -560,8 +571,13 @@ class BaseSubscription(ABC):
         """Up to ``limit`` records as non-empty per-partition chunks, each in offset order.
 
         Waits up to ``timeout`` (forever if ``None``) for at least one record; returns ``[]``
-        on timeout or when the subscription is closed meanwhile.
+        on timeout, when the subscription is closed meanwhile, or instead of waiting when
+        :meth:`_woken_up` says so.
         """
+
+    @abstractmethod
+    def _wake_fetch(self) -> None:
+        """Make a waiting ``_fetch`` look again now (it then sees :meth:`_woken_up`)."""
 
     @abstractmethod
     def _seek(self, tp: TopicPartition, offset: int) -> None: ...

@@ -274,6 +274,9 @@ class KafkaSubscription(BaseSubscription):
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
 
+    def _wake_fetch(self) -> None:
+        self._signal()
+
     def _rearm(self) -> asyncio.Future[None]:
         """The future a waiting read watches (a fresh one once the last was resolved)."""
         wake = self._wake
@@ -311,7 +314,7 @@ class KafkaSubscription(BaseSubscription):
                 if data:
                     return self._chunks(data)
             remaining = _FOREVER if deadline is None else deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or self._woken_up():
                 return []
             wake = self._rearm()
             if self._rebalancing:  # wait for the assignment callbacks to finish

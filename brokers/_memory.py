@@ -392,12 +392,15 @@ class MemorySubscription(BaseSubscription):
             if chunks:
                 return chunks
             remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
+            if (remaining is not None and remaining <= 0) or self._woken_up():
                 return []
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self._wake.wait()
         return []
+
+    def _wake_fetch(self) -> None:
+        self._wake.set()
 
     def _seek(self, tp: TopicPartition, offset: int) -> None:
         self._next[tp] = offset

@@ -321,13 +321,16 @@ class NatsSubscription(BaseSubscription):
             if chunks:
                 return chunks
             remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
+            if (remaining is not None and remaining <= 0) or self._woken_up():
                 return []
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_CHECK if remaining is None else min(remaining, _CHECK)):
                     await self._wake.wait()
             self._check_stalls()
         return []
+
+    def _wake_fetch(self) -> None:
+        self._wake.set()
 
     def _take(self, limit: int) -> list[list[Record]]:
         ready = [part for part in self._parts.values() if part.pos < len(part.buf)]

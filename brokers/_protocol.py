@@ -53,6 +53,14 @@ class Subscription(Protocol):
         """
         ...
 
+    def wakeup(self) -> None:
+        """Make the ``getmany`` waiting now, or else the next one that would wait, return at
+        once with what is ready (possibly nothing). Like Kafka's ``consumer.wakeup()``: for
+        whoever must interrupt a reader idling on a quiet log (a stop request). Records are
+        never lost to it; call it from the subscription's event loop.
+        """
+        ...
+
     def __aiter__(self) -> AsyncIterator[list[Record]]: ...
 
     def position(self, tp: TopicPartition) -> int | None:

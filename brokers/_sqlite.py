@@ -417,12 +417,15 @@ class SqliteSubscription(BaseSubscription):
                 else:
                     continue  # a seek moved a position while we read: read again from there
             remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
+            if (remaining is not None and remaining <= 0) or self._woken_up():
                 return []
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(remaining):
                     await self._wake.wait()
         return []
+
+    def _wake_fetch(self) -> None:
+        self._wake.set()
 
     def _closed_meanwhile(self) -> bool:
         # a method, not the property: mypy would keep the loop condition's narrowing

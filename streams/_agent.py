@@ -168,7 +168,7 @@ class Agent(Generic[K, V]):
             )
             app.sources.add(source)
             if app.stopping:
-                source.stopping = True  # the app began to stop while this member was joining
+                source.stop()  # the app began to stop while this member was joining
             try:
                 await self._drive(source)
             finally:

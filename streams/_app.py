@@ -606,7 +606,7 @@ class App:
                 self._stop_requested_event.set()
             if runner is not None and not runner.done():
                 for source in self.sources:
-                    source.stopping = True
+                    source.stop()
                 await asyncio.wait([runner], timeout=self.drain_timeout)
                 if not runner.done():
                     log.warning(

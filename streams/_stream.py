@@ -98,6 +98,12 @@ class Source:
         self.stopping = False  # set by the app to end the stream at the next batch boundary
         self.lost: frozenset[TopicPartition] = frozenset()  # revoked partitions, see forget()
 
+    def stop(self) -> None:
+        """End the stream at the next batch boundary: the batch in hand is finished (flushed
+        and committed) first; a source idling on a quiet log stops at once."""
+        self.stopping = True
+        self.sub.wakeup()
+
     @property
     def current_record(self) -> Record | None:
         return None if self.current is None else self._batch[self.current]

@@ -289,6 +289,27 @@ async def test_waiting_for_records_does_not_busy_wait(broker: Broker) -> None:
     assert used < 0.25, f"{used:.2f} s of CPU while waiting 1 s for nothing"
 
 
+async def test_wakeup_ends_a_wait_and_loses_nothing(broker: Broker) -> None:
+    """``wakeup()`` makes the waiting ``getmany`` (or else the next one that would wait) return
+    without records; a record produced afterwards is still read, in order."""
+    name = unique("wakeup")
+    await broker.create_topic(TopicSpec(name, partitions=2))
+    await broker.produce(name, b"before", partition=0)
+    async with broker.subscribe(name) as sub:
+        assert [r.value for r in await consume(sub, 1)] == [b"before"]
+        async with asyncio.timeout(30):  # a wakeup that did nothing would wait forever
+            waiting = asyncio.create_task(sub.getmany(timeout=None))
+            await asyncio.sleep(0.1)  # the read is waiting on the quiet topic
+            assert not waiting.done()
+            sub.wakeup()
+            assert await waiting == []
+            sub.wakeup()  # nobody waits: the next read that would wait returns instead
+            assert await sub.getmany(timeout=None) == []
+        await broker.produce(name, b"after", partition=0)
+        assert [r.value for r in await consume(sub, 1)] == [b"after"]
+    sub.wakeup()  # closed: nothing to wake, and no error
+
+
 async def test_a_slow_consumer_holds_a_bounded_amount_of_memory(broker: Broker) -> None:
     """A consumer that stops reading while the log holds far more than its buffer: what the
     client process allocates meanwhile (fetched ahead, decoded, queued) stays bounded."""
