@@ -7,6 +7,7 @@ passes through untouched and ``str`` is UTF-8. Keys are UTF-8 strings on the wir
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from pydantic import TypeAdapter, ValidationError
@@ -33,6 +34,12 @@ class Codec(Protocol[T]):
         """The value in ``data``; raises ``ValueError`` saying why not."""
         ...
 
+    @property
+    def parse(self) -> Callable[[bytes], T]:
+        """:meth:`decode` without its error messages, for the hot path: whatever it raises,
+        :meth:`decode` of the same bytes raises the ``ValueError`` that says why."""
+        ...
+
     def json_schema(self) -> dict[str, Any] | None:
         """The JSON Schema producers in other languages must follow (None for raw bytes)."""
         ...
@@ -51,6 +58,10 @@ class BytesCodec:
     def decode(self, data: bytes) -> bytes:
         return data
 
+    @property
+    def parse(self) -> Callable[[bytes], bytes]:
+        return self.decode
+
     def json_schema(self) -> dict[str, Any] | None:
         return None
 
@@ -68,6 +79,10 @@ class StrCodec:
     def decode(self, data: bytes) -> str:
         return data.decode()
 
+    @property
+    def parse(self) -> Callable[[bytes], str]:
+        return bytes.decode
+
     def json_schema(self) -> dict[str, Any] | None:
         return {"type": "string"}
 
@@ -84,6 +99,10 @@ class IntKeyCodec:
 
     def decode(self, data: bytes) -> int:
         return int(data.decode())
+
+    @property
+    def parse(self) -> Callable[[bytes], int]:
+        return int
 
     def json_schema(self) -> dict[str, Any] | None:
         return {"type": "string", "pattern": "^-?[0-9]+$"}
@@ -126,6 +145,10 @@ class JsonCodec(Generic[T]):
             if errors and errors[0]["type"] == "json_invalid":
                 raise ValueError(f"not JSON: {errors[0]['msg']}") from exc
             raise ValueError(_first_error(exc)) from exc
+
+    @property
+    def parse(self) -> Callable[[bytes], T]:
+        return json.loads if self._any else self._validate_json
 
     def json_schema(self) -> dict[str, Any] | None:
         return self._adapter.json_schema()

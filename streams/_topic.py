@@ -51,8 +51,8 @@ class Topic(Generic[K, V]):
         self.value_type = value_type
         self.key_codec: Codec[Any] = key_codec_for(key_type)
         self.value_codec: Codec[Any] = codec_for(value_type)
-        self._decode_key = self.key_codec.decode  # bound once: decode runs once per event
-        self._decode_value = self.value_codec.decode
+        self._parse_key = self.key_codec.parse  # bound once: decode runs once per event
+        self._parse_value = self.value_codec.parse
         self.partitions = partitions
         self.compacted = compacted
         self.retention_ms = retention_ms
@@ -94,25 +94,41 @@ class Topic(Generic[K, V]):
 
     def decode(self, record: Record) -> Event[K, V]:
         """The record as an event; raises :class:`DecodeError` saying what is wrong."""
+        key, value = record.key, record.value
+        try:  # the hot path: the parsers themselves, and Event(...) without its __new__
+            return _new_tuple(
+                Event,
+                (
+                    None if key is None else self._parse_key(key),
+                    None if value is None else self._parse_value(value),
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.timestamp,
+                    record.headers,
+                ),
+            )
+        except Exception:  # noqa: BLE001 - decoded again, to say what is wrong
+            return self._decode_checked(record)
+
+    def _decode_checked(self, record: Record) -> Event[K, V]:
+        """:meth:`decode` through the codecs' ``decode``, whose errors say what is wrong."""
         try:
-            key = None if record.key is None else self._decode_key(record.key)
+            key = None if record.key is None else self.key_codec.decode(record.key)
         except (TypeError, ValueError) as exc:
             raise DecodeError(record.topic, record.partition, record.offset, f"key: {exc}") from exc
         try:
-            value: Any = None if record.value is None else self._decode_value(record.value)
+            value: Any = None if record.value is None else self.value_codec.decode(record.value)
         except (TypeError, ValueError) as exc:
             raise DecodeError(record.topic, record.partition, record.offset, str(exc)) from exc
-        return _new_tuple(  # Event(...) without its __new__: one is made per event
-            Event,
-            (
-                key,
-                value,
-                record.topic,
-                record.partition,
-                record.offset,
-                record.timestamp,
-                record.headers,
-            ),
+        return Event(
+            key,
+            value,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.timestamp,
+            record.headers,
         )
 
     # ------------------------------------------------------------ sending
