@@ -172,6 +172,62 @@ class Source:
         self._index = i
         return None
 
+    def fold_ready(self, apply: Callable[[Event[Any, Any], tuple[int, int] | None], None]) -> None:
+        """Hand every ready event of the fetched batch to ``apply(event, origin)``, without
+        waiting: the hot path of a fold (:meth:`Table.fold`), a whole batch in one loop.
+
+        The checks are :meth:`ready`'s; what it does per event for code that may change any
+        table (a savepoint, the current event) is not needed by ``apply``, which changes its
+        state only once the fold function returned. It stops before a record :meth:`next`
+        must handle; if ``apply`` raises, the failing event is the current one, as if
+        :meth:`ready` had handed it out, for the agent's error policy.
+        """
+        batch = self._batch
+        count = len(batch)
+        i = self._index
+        if i >= count:
+            return
+        skip = self._skip
+        placement = self._placement
+        homes = {} if placement is None else placement.homes
+        decode = self.topic.decode
+        group = self._group
+        repartition = self.topic.repartition
+        _set_current(None)  # a fold function changes no table itself
+        try:
+            while i < count:
+                if skip and i in skip:
+                    i += 1
+                    continue
+                record = batch[i]
+                origin = None
+                if record.headers:
+                    origin, by = forwarded(record.headers)
+                    if by is not None and by != group:
+                        skip.add(i)  # another agent's reroute (see ready())
+                        i += 1
+                        continue
+                    if by is None and not repartition:
+                        origin = None
+                key = record.key
+                if placement is not None and key is not None:
+                    home = homes.get(key)
+                    if home is None:
+                        home = placement.home(key)
+                    if home != record.partition:
+                        break  # misplaced: next() sends it on
+                try:
+                    event = decode(record)
+                except DecodeError:
+                    break  # next() dead-letters it
+                apply(event, origin)
+                i += 1
+        except BaseException:
+            self._index = i + 1
+            self.current = self._mark = i
+            raise
+        self._index = i
+
     async def next(
         self, timeout: float | None = None, *, savepoint: bool = True, finish: bool = True
     ) -> Event[Any, Any] | None:

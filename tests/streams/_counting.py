@@ -1,11 +1,11 @@
 """Counting workers for the chaos tests, run until killed.
 
-Usage: python -m tests.streams._counting URL APP TOPIC [windowed]
+Usage: python -m tests.streams._counting URL APP TOPIC [counts|folded|windowed]
 
-``counts``: per-user counts in a table. ``windowed``: per-key sums in 10-second tumbling
-windows of the events' own times (2 s of grace), closed windows sent to ``<app>.closed``.
-Either prints ``flushed`` (flushed stdout) after each chunk of events, so a test can kill it
-mid-work.
+``counts``: per-user counts in a table set by an agent. ``folded``: the same counts, as a
+fold. ``windowed``: per-key sums in 10-second tumbling windows of the events' own times (2 s
+of grace), closed windows sent to ``<app>.closed``. Each prints ``flushed`` (flushed stdout)
+after each chunk of events, so a test can kill it mid-work.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from streams import App, EventStream, Tumbling
+from streams import App, Event, EventStream, Tumbling
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -32,6 +32,24 @@ def build(url: str, name: str, topic_name: str, *, session_timeout: float = 3.0)
             for event in chunk:
                 counts[event.key] += event.value
             print("flushed", flush=True)
+
+    return app
+
+
+def build_folded(url: str, name: str, topic_name: str, *, session_timeout: float = 3.0) -> App:
+    """``counts`` as a fold (``@table.fold``); prints ``flushed`` every 50 events folded."""
+    app = App(name, broker=url, partitions=4, session_timeout=session_timeout)
+    views = app.topic(topic_name, value_type=int)
+    counts = app.table("counts", source=views, default=int)
+    folded = 0
+
+    @counts.fold(name="count")
+    def count(total: int, event: Event[str, int]) -> int:
+        nonlocal folded
+        folded += 1
+        if folded % 50 == 0:
+            print("flushed", flush=True)  # not yet: the kill comes mid-batch
+        return total + event.value
 
     return app
 
@@ -90,5 +108,7 @@ async def spawn(
 
 if __name__ == "__main__":
     url, name, topic = sys.argv[1:4]
-    windowed = sys.argv[4:] == ["windowed"]
-    (build_windowed if windowed else build)(url, name, topic).run()
+    mode = sys.argv[4] if len(sys.argv) > 4 else "counts"
+    {"counts": build, "folded": build_folded, "windowed": build_windowed}[mode](
+        url, name, topic
+    ).run()

@@ -147,7 +147,11 @@ async def test_tables_refuse_writes_that_would_break_their_guarantees(broker_url
 @pytest.mark.chaos
 @pytest.mark.timeout(600)  # 20 restarts, each waiting out the killed member's session
 @pytest.mark.backends("sqlite", "kafka", "nats")
-async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) -> None:
+@pytest.mark.parametrize(("mode", "kills"), [("counts", 20), ("folded", 8)])
+async def test_sigkill_at_random_moments_keeps_the_table_exact(
+    broker_url: str, mode: str, kills: int
+) -> None:
+    """``counts``: an agent sets the table; ``folded``: a fold (``@table.fold``) does."""
     name, topic = unique("chaos"), unique("views")
     rng = random.Random(os.environ.get("NEUROPLEX_CHAOS_SEED", "20"))
     expected: Counter[str] = Counter()
@@ -155,12 +159,12 @@ async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) 
     producer_app.agents.clear()
     async with producer_app:
         views = producer_app.topics[topic]
-        for _kill in range(20):
+        for _kill in range(kills):
             batch = [(f"user-{rng.randrange(50)}", rng.randrange(1, 4)) for _ in range(400)]
             await views.send_many(batch)
             for key, value in batch:
                 expected[key] += value
-            proc = await spawn(broker_url, name, topic)
+            proc = await spawn(broker_url, name, topic, mode)
             assert proc.stdout is not None
             try:
                 # 400 new events are 8 chunks of 50: die after 1 to 6 of them, mid-work
@@ -175,7 +179,7 @@ async def test_sigkill_at_random_moments_keeps_the_table_exact(broker_url: str) 
                 await proc.wait()
             assert proc.returncode == -signal.SIGKILL, "the worker died by itself"
         # a last worker runs to the end of the input
-        proc = await spawn(broker_url, name, topic, stdout=asyncio.subprocess.DEVNULL)
+        proc = await spawn(broker_url, name, topic, mode, stdout=asyncio.subprocess.DEVNULL)
         try:
             async with asyncio.timeout(120):
                 while True:
