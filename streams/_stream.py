@@ -194,10 +194,10 @@ class Source:
         group = self._group
         repartition = self.topic.repartition
         _set_current(None)  # a fold function changes no table itself
+        start, stop = i, count
         try:
-            while i < count:
+            for i in range(start, count):
                 if skip and i in skip:
-                    i += 1
                     continue
                 record = batch[i]
                 origin = None
@@ -205,7 +205,6 @@ class Source:
                     origin, by = forwarded(record.headers)
                     if by is not None and by != group:
                         skip.add(i)  # another agent's reroute (see ready())
-                        i += 1
                         continue
                     if by is None and not repartition:
                         origin = None
@@ -215,18 +214,19 @@ class Source:
                     if home is None:
                         home = placement.home(key)
                     if home != record.partition:
+                        stop = i
                         break  # misplaced: next() sends it on
                 try:
                     event = decode(record)
                 except DecodeError:
+                    stop = i
                     break  # next() dead-letters it
                 apply(event, origin)
-                i += 1
         except BaseException:
             self._index = i + 1
             self.current = self._mark = i
             raise
-        self._index = i
+        self._index = stop
 
     async def next(
         self, timeout: float | None = None, *, savepoint: bool = True, finish: bool = True
@@ -422,14 +422,10 @@ def _next_offsets(
 ) -> None:
     """Record in ``into`` the next offset of each partition of ``records`` (all of ``topic``),
     leaving out the records at the indexes ``left_out``."""
-    last: dict[int, int] = {}
     if left_out:
-        for i, record in enumerate(records):
-            if i not in left_out:
-                last[record.partition] = record.offset
+        last = {r.partition: r.offset for i, r in enumerate(records) if i not in left_out}
     else:
-        for record in records:
-            last[record.partition] = record.offset
+        last = {r.partition: r.offset for r in records}
     for partition, offset in last.items():
         into[TopicPartition(topic, partition)] = offset + 1
 
