@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeAlias, TypeVar
 
 from brokers import NeuroplexError, ProducerRecord, Record, Subscription, TopicPartition
@@ -66,6 +66,7 @@ class Agent(Generic[K, V]):
         backoff: float,
         sink: Topic[Any, Any] | None,
         on_misplaced: MisplacedPolicy | None = None,
+        tables: Sequence[Table[Any, Any] | WindowedTable[Any, Any]] | None = None,
     ) -> None:
         self.app = app
         self.fn = fn
@@ -77,6 +78,8 @@ class Agent(Generic[K, V]):
         self.backoff = backoff
         self.sink = sink
         self._on_misplaced = on_misplaced
+        # the tables it says it changes (App.agent's tables=); None: not said
+        self.tables = None if tables is None else tuple(tables)
         self._is_stream_function = inspect.iscoroutinefunction(fn)
         self._members: list[Subscription] = []
 
@@ -135,7 +138,8 @@ class Agent(Generic[K, V]):
 
     async def _member(self) -> None:
         app = self.app
-        tables = app.tables_of(self.topic)
+        # the tables this agent changes: the others of its topic are another agent's
+        tables = [t for t in app.tables_of(self.topic) if t.writer == self.name]
         source: Source | None = None
         policy = self.misplaced_policy()
         placement = None
@@ -165,6 +169,7 @@ class Agent(Generic[K, V]):
                 commit_interval=app.commit_interval,
                 placement=placement,
                 reroute=self._reroute,
+                agent=self.name,
             )
             app.sources.add(source)
             if app.stopping:

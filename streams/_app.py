@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -167,6 +167,7 @@ class App:
         backoff: float = 0.5,
         sink: Topic[Any, Any] | None = None,
         on_misplaced: MisplacedPolicy | None = None,
+        tables: Sequence[Table[Any, Any] | WindowedTable[Any, Any]] | None = None,
     ) -> Callable[[F], F]:
         """Declare an agent over ``topic``'s stream.
 
@@ -189,6 +190,9 @@ class App:
                 sent to the ``dead_letter`` topic with the reason, or handled where it is
                 (``accept``, for agents that keep no state per key). Default: ``reroute``
                 when the topic feeds tables, else ``accept``.
+            tables: the tables of ``topic`` this agent changes (``[]``: none). Needed only
+                when the topic has several agents: one agent changes a table, by default the
+                only one of its topic without ``tables=``.
         """
         if topic.app is not self:
             raise DeclarationError(f"{topic!r} belongs to another app: declare it on {self!r}")
@@ -200,6 +204,12 @@ class App:
             raise DeclarationError(
                 f"on_misplaced={on_misplaced!r}: use 'reroute', 'dead_letter' or 'accept'"
             )
+        for table in tables or ():
+            if self.tables.get(table.name) is not table or table.source is not topic:
+                raise DeclarationError(
+                    f"tables=: {table!r} is not a table of {topic.name!r} declared on this "
+                    f"app; an agent changes tables whose source is its topic"
+                )
 
         def declare(fn: F) -> F:
             agent_name: str = name or str(getattr(fn, "__name__", "agent"))
@@ -216,6 +226,7 @@ class App:
                 backoff=backoff,
                 sink=sink,
                 on_misplaced=on_misplaced,
+                tables=tables,
             )
             return fn
 
@@ -272,7 +283,7 @@ class App:
                     ],
                 )
 
-        self.agent(topic, name=f"_group_by_{name}")(forward)
+        self.agent(topic, name=f"_group_by_{name}", tables=[])(forward)
         return target
 
     def table(
@@ -388,7 +399,7 @@ class App:
                         )
                     await self.broker.produce_batch(meet.name, records)
 
-            self.agent(topic, name=f"_join_{name}_{side}")(forward)
+            self.agent(topic, name=f"_join_{name}_{side}", tables=[])(forward)
 
         forwarder("left", left)
         forwarder("right", right)
@@ -483,6 +494,35 @@ class App:
         self.tables[name] = table
         return table
 
+    def _assign_writers(self) -> None:
+        """Which agent changes each table: the one naming it in ``tables=`` (a fold names
+        its own), else the only agent of its topic without ``tables=``. Two agents changing
+        one table would undo each other's changes (a savepoint and a rollback are per table).
+        """
+        for table in self.tables.values():
+            naming = [
+                a.name for a in self.agents.values() if any(t is table for t in a.tables or ())
+            ]
+            if len(naming) > 1:
+                raise DeclarationError(
+                    f"table {table.name!r} is named in tables= by agents {naming}: one agent "
+                    "changes a table (that is what keeps it exactly once); have one of them "
+                    "change it, or give each a table of its own"
+                )
+            if not naming:
+                naming = [
+                    a.name
+                    for a in self.agents.values()
+                    if a.topic is table.source and a.tables is None
+                ]
+                if len(naming) > 1:
+                    raise DeclarationError(
+                        f"table {table.name!r} of topic {table.source.name!r}, which has "
+                        f"agents {naming}: one agent changes a table; name it with "
+                        f"@app.agent(topic, tables=[{table.name}]) (the others may read it)"
+                    )
+            table.writer = naming[0] if naming else None
+
     def tables_of(self, topic: Topic[Any, Any]) -> list[Table[Any, Any] | WindowedTable[Any, Any]]:
         """The tables that change with events of ``topic``."""
         return [t for t in self.tables.values() if t.source is topic]
@@ -504,6 +544,7 @@ class App:
     async def __aenter__(self) -> Self:
         if self._started:
             raise ResourceStateError(f"app {self.name!r} is already started")
+        self._assign_writers()
         for agent in self.agents.values():
             agent.misplaced_policy()  # a policy the tables rule out fails here, not later
         self._started = True

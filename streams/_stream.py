@@ -74,9 +74,11 @@ class Source:
         commit_interval: float = 0.0,
         placement: Placement | None = None,
         reroute: Callable[[list[ProducerRecord]], Awaitable[object]] | None = None,
+        agent: str | None = None,
     ) -> None:
         self.topic = topic
         self.sub = sub
+        self.agent = agent  # the agent reading it: the one tables accept changes from
         self._dead_letter = dead_letter
         # misplaced keyed records: checked unless the agent accepts them (placement None)
         self._placement = placement

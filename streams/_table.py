@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar, overload
 
 from brokers import ConfigurationError, ProducerRecord, TopicPartition, default_partitioner, json
 from streams._codec import Codec, codec_for
-from streams._context import current
+from streams._context import Current, current
 from streams._errors import DeclarationError
 from streams._event import Event
 from streams._store import PartitionState, SqliteStore, StoreKind
@@ -125,6 +125,8 @@ class Table(Generic[K, V]):
         # the changelog keeps it (a header), restore brings it back
         self.stream_times: dict[int, int] = {}
         self._keeps_stream_time = stream_time
+        # the agent that changes it (set when the app starts; see App.agent's tables=)
+        self.writer: str | None = None
         if stream_time and store != "memory":
             raise TableError(f"table {name!r}: a windowed table keeps its state in memory")
 
@@ -235,13 +237,26 @@ class Table(Generic[K, V]):
             return offset >= origins.get(upstream, 0)
         return True
 
-    def _write(self, key: K, value: Any) -> None:
-        now = current.get()
+    def writable(self, now: Current | None) -> Current:
+        """``now``, checked: the event of the agent that changes this table."""
         if now is None or now.topic != self.source.name:
             raise TableError(
                 f"table {self.name!r} changes only inside an agent of its source topic "
                 f"{self.source.name!r} (that is what makes its state exactly-once)"
             )
+        if now.source.agent != self.writer:
+            raise TableError(
+                f"table {self.name!r} is changed by agent {self.writer!r}, not "
+                f"{now.source.agent!r}: one agent changes a table (that is what keeps it "
+                "exactly once), the others may read it; name the agent that changes it with "
+                "@app.agent(topic, tables=[...])"
+            )
+        return now
+
+    def _write(self, key: K, value: Any) -> None:
+        now = current.get()
+        if now is None or now.topic != self.source.name or now.source.agent != self.writer:
+            now = self.writable(now)  # raises, saying why
         partition = self._partition_cache.get(key)
         if partition is None:
             partition = self.partition_of(key)
@@ -389,6 +404,7 @@ class Table(Generic[K, V]):
                 retries=retries,
                 backoff=backoff,
                 on_misplaced=on_misplaced,
+                tables=[self],
             )(run)
             return fn
 

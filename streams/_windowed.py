@@ -171,10 +171,17 @@ class WindowedTable(Generic[K, V]):
             )
         # ``table[k] += x`` assigns the WindowSet back after __iadd__ applied it: nothing to do
 
+    @property
+    def writer(self) -> str | None:
+        """The agent that changes it (see :meth:`App.agent`'s ``tables=``)."""
+        return self.state.writer
+
+    @writer.setter
+    def writer(self, agent: str | None) -> None:
+        self.state.writer = agent
+
     def apply(self, key: K, fn: Callable[[V], V]) -> None:
-        now = current.get()
-        if now is None:
-            raise TableError(f"windowed table {self.name!r} changes only inside an agent")
+        now = self.state.writable(current.get())  # before any change: a refusal changes nothing
         partition = now.partition
         t = now.timestamp if self.time_of is None else int(self.time_of(now.event))
         stream_time = self._stream_time.get(partition)

@@ -13,7 +13,7 @@ import pytest
 
 import brokers
 from brokers import TopicPartition
-from streams import App, EventStream, Table, TableError
+from streams import App, DeclarationError, EventStream, Table, TableError
 from tests.brokers.conftest import SESSION_TIMEOUT, unique
 from tests.streams._counting import build, spawn
 
@@ -239,3 +239,71 @@ async def test_workers_split_partitions_and_take_over_a_killed_one(broker_url: s
                     await proc.wait()
             for reader in readers:
                 reader.cancel()
+
+
+async def test_one_agent_changes_a_table_and_another_agents_failure_never_undoes_it(
+    broker: brokers.Broker,
+) -> None:
+    """Two agents of one topic: the table's writer is named, the other may read it, and a
+    failure of the other (rolled back, skipped) leaves the writer's changes alone."""
+    app = App(unique("two"), broker=broker, partitions=1, session_timeout=SESSION_TIMEOUT)
+    views = app.topic(unique("views"), value_type=int)
+    counts: Table[str, int] = app.table("counts", source=views, default=int)
+    refused: list[TableError] = []
+    skipped: list[int] = []
+
+    @app.agent(views, tables=[counts])
+    async def count(stream: EventStream) -> None:
+        async for event in stream:
+            assert event.key is not None
+            counts[event.key] += 1
+            await asyncio.sleep(0.1)  # say, a send: the other agent runs meanwhile
+
+    @app.agent(views, on_error="skip")
+    async def check(stream: EventStream) -> None:
+        async for event in stream:
+            assert event.key is not None
+            try:
+                counts[event.key] = -1
+            except TableError as exc:
+                refused.append(exc)
+            await asyncio.sleep(0.15)  # the writer changes the table meanwhile
+            if event.value == 13:
+                skipped.append(event.offset)
+                raise ValueError("13")  # rolled back: its own changes only (none)
+
+    async with app:
+        await views.send_many([("a", 13), ("a", 1), ("a", 2), ("a", 3)])
+        await settle(counts, {"a": 4})
+        async with asyncio.timeout(40):
+            while not skipped:  # noqa: ASYNC110 - set by the agent
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # the writer is past the other's failure
+        assert dict(counts.items()) == {"a": 4}
+    assert "is changed by agent 'count', not 'check'" in str(refused[0])
+
+
+def test_a_table_with_several_possible_writers_is_a_declaration_error() -> None:
+    app = App(unique("writers"), broker="memory://")
+    views = app.topic(unique("views"), value_type=int)
+    counts: Table[str, int] = app.table("counts", source=views, default=int)
+    other = app.topic(unique("other"), value_type=int)
+
+    @app.agent(views)
+    async def one(stream: EventStream) -> None:
+        async for _ in stream:
+            pass
+
+    @app.agent(views)
+    async def two(stream: EventStream) -> None:
+        async for _ in stream:
+            pass
+
+    with pytest.raises(DeclarationError, match=r"name it with @app.agent\(topic, tables="):
+        asyncio.run(app.__aenter__())
+    with pytest.raises(DeclarationError, match="is not a table of"):
+        app.agent(other, tables=[counts])
+    app.agent(views, name="three", tables=[counts])(one)
+    app.agent(views, name="four", tables=[counts])(one)
+    with pytest.raises(DeclarationError, match="named in tables= by agents"):
+        asyncio.run(app.__aenter__())
