@@ -150,7 +150,10 @@ class Agent(Generic[K, V]):
         async def revoked(tps: frozenset[TopicPartition]) -> None:
             if source is not None:
                 source.forget(tps)
-            await self._revoked(tps, tables)
+            # a partition another member of this agent here gained already keeps its state:
+            # the tables are this worker's, whichever member holds the partition
+            here = frozenset().union(*(m.assignment for m in self._members if m is not sub))
+            await self._revoked(tps - here, tables)
 
         sub = app.broker.subscribe(
             self.topic.name,

@@ -48,16 +48,16 @@ _set_current = _current.set
 class BatchParticipant(Protocol):
     """State that changes with a batch of events (tables)."""
 
-    async def flush(self, positions: dict[TopicPartition, int]) -> None:
-        """Make the batch's changes durable; ``positions`` are the source next-offsets."""
+    async def flush(self, source: Source, positions: dict[TopicPartition, int]) -> None:
+        """Make the changes of ``source``'s batch durable; ``positions`` are its next-offsets."""
         ...
 
-    def savepoint(self) -> None:
-        """An event is about to be handled: remember the state to roll back to."""
+    def savepoint(self, source: Source) -> None:
+        """An event of ``source`` is about to be handled: remember the state to roll back to."""
         ...
 
-    def rollback(self) -> None:
-        """Undo every change since the last savepoint."""
+    def rollback(self, source: Source) -> None:
+        """Undo every change the events of ``source`` made since its last savepoint."""
         ...
 
 
@@ -155,7 +155,7 @@ class Source:
             if savepoint:
                 self._mark = i
                 for participant in self._participants:
-                    participant.savepoint()
+                    participant.savepoint(self)
             _set_current(
                 _new_tuple(  # Current(...), without its __new__
                     Current,
@@ -346,7 +346,7 @@ class Source:
         """Failures from here on roll back to this point (the next event by default)."""
         self._mark = self._index if index is None else index
         for participant in self._participants:
-            participant.savepoint()
+            participant.savepoint(self)
 
     def failed_records(self) -> list[Record]:
         """The records handed out since the savepoint: what a failure is about."""
@@ -396,7 +396,7 @@ class Source:
             copies, self._rerouted = self._rerouted, []
             await self._reroute(copies)
         for participant in self._participants:
-            await participant.flush(positions)
+            await participant.flush(self, positions)
         if self.sub.group is not None:
             owned = {tp: off for tp, off in positions.items() if tp in self.sub.assignment}
             if owned:
@@ -412,7 +412,7 @@ class Source:
     def rewind(self, *, skip: bool) -> None:
         """Roll participants back to the savepoint; hand its events out again unless ``skip``."""
         for participant in self._participants:
-            participant.rollback()
+            participant.rollback(self)
         if skip and self.current is not None:
             self._skip.update(range(self._mark, self.current + 1))
         self._index = self._mark

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from streams._agent import ErrorPolicy
     from streams._app import App
     from streams._placement import MisplacedPolicy
-    from streams._stream import EventStream
+    from streams._stream import EventStream, Source
     from streams._topic import Topic
 
 __all__ = ("RestoreProgress", "Table", "TableError")
@@ -48,6 +48,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 FoldFunction: TypeAlias = Callable[[V, Event[K, Any]], V | None]
+Undo: TypeAlias = tuple[int, Any, int | None, dict[int, int] | None]
 """A fold's step: ``(the key's value, the event) -> its new value`` (``None`` deletes it);
 ``FoldFunction[V, K]`` for values ``V`` and keys ``K``."""
 
@@ -109,10 +110,11 @@ class Table(Generic[K, V]):
         self._positions: dict[int, MutableMapping[K, int]] = {}
         self._dirty: dict[int, dict[K, int]] = {}
         self._origins: dict[int, MutableMapping[K, dict[int, int]]] = {}
-        # keys written since the savepoint, with what a rollback restores: (partition, value,
-        # source position, origins) as they were before the first write (a key is in one
-        # partition, so the key alone names it)
-        self._undo: dict[K, tuple[int, Any, int | None, dict[int, int] | None]] = {}
+        # per source (a member of the writer agent: concurrency=N runs N, each on its own
+        # partitions), the keys its events wrote since its savepoint, with what a rollback
+        # restores: (partition, value, source position, origins) as they were before the
+        # first write (a key is in one partition, so the key alone names it)
+        self._undos: dict[Source, dict[K, Undo]] = {}
         self._partitions: int | None = None
         self._partition_cache: dict[K, int] = {}
         self.store_kind: StoreKind = store
@@ -225,7 +227,7 @@ class Table(Generic[K, V]):
         now = current.get()
         if now is None:
             return False
-        if key in self._undo:
+        if key in self._undos.get(now.source, ()):
             return True
         partition = self.partition_of(key)
         done = self._positions.get(partition, {}).get(key)
@@ -272,7 +274,9 @@ class Table(Generic[K, V]):
             )
         positions = self._positions[partition]
         origin = now.origin
-        undo = self._undo
+        undo = self._undos.get(now.source)
+        if undo is None:
+            undo = self._undos[now.source] = {}
         if key not in undo:  # the first write since the savepoint
             if self._seen(partition, positions, key, now.offset, origin):
                 return
@@ -465,13 +469,19 @@ class Table(Generic[K, V]):
         )
 
     # ------------------------------------------------------------ batch participant
-    def savepoint(self) -> None:
-        if self._undo:
-            self._undo = {}
+    def savepoint(self, source: Source) -> None:
+        undo = self._undos.get(source)
+        if undo:
+            undo.clear()
 
-    def rollback(self) -> None:
-        for key, (partition, old, old_position, old_origins) in self._undo.items():
-            data, positions = self._data[partition], self._positions[partition]
+    def rollback(self, source: Source) -> None:
+        """Undo what the events of ``source`` changed since its savepoint (only those: the
+        other members of the agent handle other partitions)."""
+        for key, (partition, old, old_position, old_origins) in self._undos.pop(source, {}).items():
+            data = self._data.get(partition)
+            if data is None:
+                continue  # revoked meanwhile: its changes were dropped with it
+            positions = self._positions[partition]
             if old_origins is None:
                 self._origins[partition].pop(key, None)
             else:
@@ -485,16 +495,18 @@ class Table(Generic[K, V]):
                 self._dirty.get(partition, {}).pop(key, None)
             else:
                 positions[key] = old_position
-        self._undo = {}
 
-    async def flush(self, positions: dict[TopicPartition, int]) -> None:
-        """Write the changed keys to the changelog, each with its source position."""
-        dirty, self._dirty = self._dirty, {}
-        self._undo = {}
+    async def flush(self, source: Source, positions: dict[TopicPartition, int]) -> None:
+        """Write the keys the events of ``source`` changed to the changelog, each with its
+        source position: those of the partitions of ``positions`` (the batch's), not another
+        member's, whose events may still be rolled back."""
+        self._undos.pop(source, None)
+        mine = {tp.partition for tp in positions if tp.topic == self.source.name}
+        dirty = {p: self._dirty.pop(p) for p in [p for p in self._dirty if p in mine]}
         for partition, keys in dirty.items():
             data = self._data.get(partition)
-            if data is None:
-                continue  # revoked meanwhile: the new owner replays these events
+            if data is None or not keys:
+                continue  # revoked meanwhile (the new owner replays these events), or rolled back
             records = []
             origins = self._origins[partition]
             stamp: tuple[tuple[str, bytes], ...] = ()
@@ -534,7 +546,7 @@ class Table(Generic[K, V]):
             self.stream_times,  # cleared, not replaced: the windowed table shares it
         ):
             state.clear()
-        self._undo.clear()
+        self._undos.clear()
         spec = await self.app.broker.describe_topic(self.source.name)
         self._partitions = spec.partitions
         if self.store_kind == "sqlite" and self._store is None:

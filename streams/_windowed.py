@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from brokers import TopicPartition
@@ -24,6 +25,7 @@ from streams._windows import Window, WindowSpec
 if TYPE_CHECKING:
     from streams._app import App
     from streams._event import Event
+    from streams._stream import Source
     from streams._topic import Topic
 
 __all__ = ("ClosedWindow", "WindowSet", "WindowedTable")
@@ -113,6 +115,19 @@ class WindowSet(Generic[K, V]):
         return self.apply(lambda v: v * other)
 
 
+@dataclass(slots=True)
+class _Since(Generic[K, V]):
+    """What one source's events did since its savepoint: stream times advanced, deadlines
+    popped, windows closed (they reach on_close and emit_to only once their events are done,
+    so an event that fails, and is retried or skipped, does not close a window twice) and
+    late events counted."""
+
+    times: list[tuple[int, int | None]] = field(default_factory=list)
+    closed: list[tuple[int, tuple[int, str, Any]]] = field(default_factory=list)
+    closing: list[ClosedWindow[K, V]] = field(default_factory=list)
+    late: int = 0
+
+
 class WindowedTable(Generic[K, V]):
     """Aggregates per key and event-time window. Declare with :meth:`App.windowed_table`."""
 
@@ -146,13 +161,8 @@ class WindowedTable(Generic[K, V]):
         self._deadlines: dict[int, list[tuple[int, str, Any]]] = {}
         # the state table keeps (and restores) each partition's stream time
         self._stream_time = self.state.stream_times
-        # since the savepoint: stream times advanced, deadlines popped, windows closed; the
-        # closed windows reach on_close and emit_to only once their events are done, so an
-        # event that fails (and is retried, skipped) does not close a window twice
-        self._time_undo: list[tuple[int, int | None]] = []
-        self._closed_undo: list[tuple[int, tuple[int, str, Any]]] = []
-        self._closing: list[ClosedWindow[K, V]] = []
-        self._late_undo = 0
+        # per source (a member of the writer agent), what its events did since its savepoint
+        self._since: dict[Source, _Since[K, V]] = {}
         self._emitted: set[tuple[Any, Window]] = set()
         self._to_emit: list[ClosedWindow[K, V]] = []
 
@@ -183,12 +193,15 @@ class WindowedTable(Generic[K, V]):
     def apply(self, key: K, fn: Callable[[V], V]) -> None:
         now = self.state.writable(current.get())  # before any change: a refusal changes nothing
         partition = now.partition
+        since = self._since.get(now.source)
+        if since is None:
+            since = self._since[now.source] = _Since()
         t = now.timestamp if self.time_of is None else int(self.time_of(now.event))
         stream_time = self._stream_time.get(partition)
         if stream_time is None or t > stream_time:
-            self._time_undo.append((partition, stream_time))
+            since.times.append((partition, stream_time))
             self._stream_time[partition] = stream_time = t
-        self._close_due(partition, stream_time)
+        self._close_due(partition, stream_time, since)
         windows: Aggregates = dict(self.state.get(key) or {})
         grace = self.spec.grace_ms
         opened = []
@@ -203,7 +216,7 @@ class WindowedTable(Generic[K, V]):
                 self._schedule(partition, w, key)
         if late:
             self.late += 1
-            self._late_undo += 1
+            since.late += 1
         # sessions: the event goes in its own window, which then merges with those it meets;
         # the other kinds: the event counts in every open window that covers it
         targets = (
@@ -236,29 +249,25 @@ class WindowedTable(Generic[K, V]):
         heap = self._deadlines.setdefault(partition, [])
         heapq.heappush(heap, (window.end + self.spec.grace_ms, _wkey(window), key))
 
-    def _close_due(self, partition: int, stream_time: int) -> None:
+    def _close_due(self, partition: int, stream_time: int, since: _Since[K, V]) -> None:
         heap = self._deadlines.get(partition)
         while heap and heap[0][0] <= stream_time:
             entry = heapq.heappop(heap)
-            self._closed_undo.append((partition, entry))
+            since.closed.append((partition, entry))
             _, wk, key = entry
             windows = self.state.get(key)
             if not windows or wk not in windows:
                 continue  # merged into a session, or already closed
             remaining = dict(windows)
             value = remaining.pop(wk)
-            self._closed(ClosedWindow(key, _window(wk), value))
+            since.closing.append(ClosedWindow(key, _window(wk), value))
             if remaining:
                 self.state[key] = remaining
             else:
                 del self.state[key]
 
-    def _closed(self, closed: ClosedWindow[K, V]) -> None:
-        self._closing.append(closed)
-
-    def _deliver(self) -> None:
-        """Hand the windows the events since the savepoint closed to on_close and emit_to."""
-        closing, self._closing = self._closing, []
+    def _deliver(self, closing: list[ClosedWindow[K, V]]) -> None:
+        """Hand windows that events now done closed to on_close and emit_to."""
         for closed in closing:
             marker = (closed.key, closed.window)
             if marker in self._emitted:
@@ -301,48 +310,42 @@ class WindowedTable(Generic[K, V]):
             )
 
     # -- batch participant (delegating to the state table, emitting closed windows first)
-    def savepoint(self) -> None:
-        self.state.savepoint()
-        if self._closing:
-            self._deliver()
-        self._time_undo.clear()
-        self._closed_undo.clear()
-        self._late_undo = 0
+    def savepoint(self, source: Source) -> None:
+        self.state.savepoint(source)
+        since = self._since.pop(source, None)
+        if since is not None and since.closing:
+            self._deliver(since.closing)  # the events that closed them are done
 
-    def rollback(self) -> None:
-        """Undo the failed events: their windows' changes, stream time and closings."""
-        self.state.rollback()
-        for partition, previous in reversed(self._time_undo):
+    def rollback(self, source: Source) -> None:
+        """Undo the failed events of ``source``: their windows' changes, stream time and
+        closings (not those of another member's events, on other partitions)."""
+        self.state.rollback(source)
+        since = self._since.pop(source, None)
+        if since is None:
+            return
+        for partition, previous in reversed(since.times):
             if previous is None:
                 self._stream_time.pop(partition, None)
             else:
                 self._stream_time[partition] = previous
-        for partition, entry in self._closed_undo:
+        for partition, entry in since.closed:
             if partition in self._deadlines:  # still held: its windows must close again
                 heapq.heappush(self._deadlines[partition], entry)
-        self._closing.clear()
-        self.late -= self._late_undo
-        self._late_undo = 0
-        self._time_undo.clear()
-        self._closed_undo.clear()
+        self.late -= since.late
 
-    async def flush(self, positions: dict[TopicPartition, int]) -> None:
-        self._deliver()
+    async def flush(self, source: Source, positions: dict[TopicPartition, int]) -> None:
+        since = self._since.pop(source, None)
+        if since is not None:
+            self._deliver(since.closing)
         emit, self._to_emit = self._to_emit, []
         await self.emit(emit)  # before the changelog: restore counts on it (_restored)
-        await self.state.flush(positions)
+        await self.state.flush(source, positions)
 
     async def start(self) -> None:
         """The app starts: begin as a fresh worker would (see :meth:`Table.start`)."""
-        self.late = self._late_undo = 0
-        for state in (
-            self._deadlines,
-            self._time_undo,
-            self._closed_undo,
-            self._closing,
-            self._emitted,
-            self._to_emit,
-        ):
+        self.late = 0
+        self._since.clear()
+        for state in (self._deadlines, self._emitted, self._to_emit):
             state.clear()
         await self.state.start()
 

@@ -307,3 +307,44 @@ def test_a_table_with_several_possible_writers_is_a_declaration_error() -> None:
     app.agent(views, name="four", tables=[counts])(one)
     with pytest.raises(DeclarationError, match="named in tables= by agents"):
         asyncio.run(app.__aenter__())
+
+
+async def test_a_members_failure_undoes_only_its_own_changes(broker: brokers.Broker) -> None:
+    """``concurrency=2``: two members, one per partition, change one table. One fails on an
+    event (skipped) while the other works: the failed event leaves nothing, the other
+    member's events all count, and the changelog says the same."""
+    name = unique("members")
+    app = App(name, broker=broker, partitions=2, session_timeout=SESSION_TIMEOUT)
+    views = app.topic(unique("views"), value_type=int)
+    counts: Table[str, int] = app.table("counts", source=views, default=int)
+    skipped: list[int] = []
+
+    @app.agent(views, concurrency=2, on_error="skip")
+    async def count(stream: EventStream) -> None:
+        async for event in stream:
+            assert event.key is not None
+            counts[event.key] += 1
+            await asyncio.sleep(0.3 if event.value == 13 else 0.1)  # the other member works
+            if event.value == 13:
+                skipped.append(event.offset)
+                raise ValueError("13")
+
+    by_partition: dict[int, str] = {}
+    for i in range(100):
+        by_partition.setdefault(brokers.default_partitioner(f"k{i}".encode(), 2), f"k{i}")
+    bad, good = by_partition[0], by_partition[1]
+    async with app:
+        await views.send_many([(bad, 13), (good, 1), (good, 2), (good, 3), (good, 4)])
+        await settle(counts, {good: 4})
+        async with asyncio.timeout(40):
+            while not skipped:  # noqa: ASYNC110 - set by the agent
+                await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # the good member is past the other's failure
+        assert dict(counts.items()) == {good: 4}
+    reader = App(name, broker=broker, partitions=2)
+    replica: Table[str, int] = reader.table(
+        "counts", source=reader.topic(views.name, value_type=int)
+    )
+    async with reader:
+        await replica.load()
+        assert dict(replica.items()) == {good: 4}
