@@ -348,3 +348,27 @@ async def test_a_members_failure_undoes_only_its_own_changes(broker: brokers.Bro
     async with reader:
         await replica.load()
         assert dict(replica.items()) == {good: 4}
+
+
+async def test_a_skipped_event_that_wrote_a_new_key_leaves_nothing(broker: brokers.Broker) -> None:
+    """The agent writes a key never seen, then fails on the event: the rollback removes the
+    key, the batch's flush has nothing to write for its partition, and the agent goes on."""
+    name = unique("newkey")
+    app = App(name, broker=broker, partitions=1, session_timeout=SESSION_TIMEOUT)
+    views = app.topic(unique("views"), value_type=int)
+    counts: Table[str, int] = app.table("counts", source=views, default=int)
+
+    @app.agent(views, on_error="skip")
+    async def count(stream: EventStream) -> None:
+        async for event in stream:
+            assert event.key is not None
+            counts[event.key] += event.value
+            if event.value == 13:
+                raise ValueError("13")
+
+    async with app:
+        await views.send("fresh", 13)
+        await asyncio.sleep(0.3)  # its batch ends with nothing to write
+        await views.send("a", 1)
+        await settle(counts, {"a": 1})
+    assert await records_per_partition(broker, counts.changelog.name) == Counter({0: 1})
