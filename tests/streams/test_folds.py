@@ -13,10 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import brokers
-from brokers import ProducerRecord, TopicPartition
+from brokers import ProducerRecord
 from streams import AgentError, App, DeclarationError, ErrorPolicy, Event, Table
 from tests.brokers.conftest import SESSION_TIMEOUT, consume, unique
 from tests.streams.test_placement import KEYS, home, placed_and_misplaced
+from tests.streams.test_tables import rewind_group
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 60) -> None:
@@ -84,12 +85,7 @@ async def test_a_full_replay_folds_nothing_twice(broker: brokers.Broker) -> None
     async with app:
         await app.topics[topic].send_many([(f"u{i % 3}", 1) for i in range(30)])
         await wait_for(lambda: dict(sums.items()) == {"u0": 10, "u1": 10, "u2": 10})
-    # rewind the fold's group to the very beginning: every event is delivered again
-    async with broker.subscribe(topic, group=f"{name}.add", session_timeout=SESSION_TIMEOUT) as sub:
-        async with asyncio.timeout(40):
-            while len(sub.assignment) < 4:
-                await sub.getmany(timeout=0.2)
-        await sub.commit({TopicPartition(topic, p): 0 for p in range(4)})
+    await rewind_group(broker, topic, f"{name}.add", partitions=4)  # all come again
     app, sums = summing_app(broker, name, topic)
     async with app:
         await app.topics[topic].send("u0", 5)

@@ -50,6 +50,15 @@ async def records_per_partition(log: brokers.Broker, topic: str) -> Counter[int]
     return found
 
 
+async def rewind_group(log: brokers.Broker, topic: str, group: str, *, partitions: int) -> None:
+    """Commit offset 0 for every partition of ``topic`` in ``group``: each event comes again."""
+    async with log.subscribe(topic, group=group, session_timeout=SESSION_TIMEOUT) as sub:
+        async with asyncio.timeout(40):
+            while len(sub.assignment) < partitions:
+                await sub.getmany(timeout=0.2)
+        await sub.commit({TopicPartition(topic, p): 0 for p in range(partitions)})
+
+
 def counting_app(log: brokers.Broker, name: str, topic: str) -> tuple[App, Table[str, int]]:
     """The app over an open broker, so memory:// keeps its log between two runs."""
     app = App(name, broker=log, partitions=4, session_timeout=SESSION_TIMEOUT)
@@ -104,13 +113,7 @@ async def test_a_full_replay_applies_nothing_twice(broker: brokers.Broker) -> No
     async with app:
         await app.topics[topic].send_many([(f"u{i % 3}", 1) for i in range(30)])
         await settle(counts, {"u0": 10, "u1": 10, "u2": 10})
-    # rewind the agent's group to the very beginning: every event is delivered again
-    group = f"{name}.count"
-    async with broker.subscribe(topic, group=group, session_timeout=SESSION_TIMEOUT) as sub:
-        async with asyncio.timeout(40):
-            while len(sub.assignment) < 4:
-                await sub.getmany(timeout=0.2)
-        await sub.commit({TopicPartition(topic, p): 0 for p in range(4)})
+    await rewind_group(broker, topic, f"{name}.count", partitions=4)
     app, counts = counting_app(broker, name, topic)
     async with app:
         await app.topics[topic].send("u0", 5)
@@ -289,22 +292,19 @@ def test_a_table_with_several_possible_writers_is_a_declaration_error() -> None:
     counts: Table[str, int] = app.table("counts", source=views, default=int)
     other = app.topic(unique("other"), value_type=int)
 
-    @app.agent(views)
-    async def one(stream: EventStream) -> None:
+    async def idle(stream: EventStream) -> None:
         async for _ in stream:
-            pass
+            continue
 
-    @app.agent(views)
-    async def two(stream: EventStream) -> None:
-        async for _ in stream:
-            pass
+    app.agent(views, name="one")(idle)
+    app.agent(views, name="two")(idle)
 
     with pytest.raises(DeclarationError, match=r"name it with @app.agent\(topic, tables="):
         asyncio.run(app.__aenter__())
     with pytest.raises(DeclarationError, match="is not a table of"):
         app.agent(other, tables=[counts])
-    app.agent(views, name="three", tables=[counts])(one)
-    app.agent(views, name="four", tables=[counts])(one)
+    app.agent(views, name="three", tables=[counts])(idle)
+    app.agent(views, name="four", tables=[counts])(idle)
     with pytest.raises(DeclarationError, match="named in tables= by agents"):
         asyncio.run(app.__aenter__())
 
