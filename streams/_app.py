@@ -497,7 +497,8 @@ class App:
     def _assign_writers(self) -> None:
         """Which agent changes each table: the one naming it in ``tables=`` (a fold names
         its own), else the only agent of its topic without ``tables=``. Two agents changing
-        one table would undo each other's changes (a savepoint and a rollback are per table).
+        one table would flush each other's changes before their events are done, and its
+        partitions would follow two groups' assignments.
         """
         for table in self.tables.values():
             naming = [

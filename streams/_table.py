@@ -48,9 +48,11 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 FoldFunction: TypeAlias = Callable[[V, Event[K, Any]], V | None]
-Undo: TypeAlias = tuple[int, Any, int | None, dict[int, int] | None]
 """A fold's step: ``(the key's value, the event) -> its new value`` (``None`` deletes it);
 ``FoldFunction[V, K]`` for values ``V`` and keys ``K``."""
+
+Undo: TypeAlias = tuple[int, Any, int | None, dict[int, int] | None]
+"""What a rollback restores for a key: (partition, value, source position, origins)."""
 
 SOURCE_HEADER = "x-source-next"
 STREAM_TIME_HEADER = "x-stream-time"  # windowed tables: the partition's stream time, ms
@@ -246,6 +248,12 @@ class Table(Generic[K, V]):
                 f"table {self.name!r} changes only inside an agent of its source topic "
                 f"{self.source.name!r} (that is what makes its state exactly-once)"
             )
+        if now.source.agent != self.writer and self.writer is None:
+            raise TableError(
+                f"table {self.name!r} has no agent that changes it (the agents of "
+                f"{self.source.name!r} name other tables in tables=): name the one that does, "
+                f"@app.agent(topic, tables=[{self.name}])"
+            )
         if now.source.agent != self.writer:
             raise TableError(
                 f"table {self.name!r} is changed by agent {self.writer!r}, not "
@@ -365,8 +373,8 @@ class Table(Generic[K, V]):
         ``value`` is what the table holds for the event's key, or ``default()``. ``fn`` is a
         plain function that only computes: it returns the new value and changes nothing
         (``value`` included), so a failing event leaves no trace and the state is a
-        deterministic fold of the log. The agent applies whole batches in one loop, several
-        times faster than ``table[key] = ...`` in an ``async for``, with the same guarantees
+        deterministic fold of the log. The agent applies whole batches in one loop, faster
+        than ``table[key] = ...`` in an ``async for``, with the same guarantees
         (exactly once, restore, rebalancing). The arguments are :meth:`App.agent`'s (the
         agent's name is the function's by default).
 
