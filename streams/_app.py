@@ -704,16 +704,28 @@ class App:
                 self._failure_seen = True
                 raise
 
-    def run(self) -> None:
-        """Run until SIGINT/SIGTERM (then drain and close) or until an agent fails."""
-        asyncio.run(self._serve())
+    def run(self, *, started: Callable[[App], None] | None = None) -> None:
+        """Run until SIGINT/SIGTERM (then drain and close) or until an agent fails.
 
-    async def _serve(self) -> None:
+        ``started(app)`` is called once the app is started: connected, its topics created,
+        its agents joining their groups (``app.broker.url`` says where it runs).
+        """
+        asyncio.run(self._serve(started))
+
+    @property
+    def names_a_broker(self) -> bool:
+        """Whether a broker was given (``broker=``, :meth:`use_broker`, ``NEUROPLEX_BROKER``):
+        else the app runs on ``memory://``, a log of its own process."""
+        return self._broker_arg is not None or bool(os.environ.get(BROKER_ENV))
+
+    async def _serve(self, started: Callable[[App], None] | None = None) -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with self:
+            if started is not None:
+                started(self)
             waiter = asyncio.create_task(stop.wait())
             runner = self._runner
             watched: set[asyncio.Future[Any]] = {waiter}

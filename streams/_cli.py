@@ -67,6 +67,13 @@ def worker(
     loaded = load_app(app)
     if broker is not None:
         loaded.use_broker(broker)
+    if not loaded.names_a_broker:
+        raise typer.BadParameter(
+            f"no broker for {loaded.name!r}: pass --broker URL or set NEUROPLEX_BROKER (a worker "
+            "on memory:// has a log of its own, which no other process can reach; "
+            "--broker memory:// runs it anyway)",
+            param_hint="--broker",
+        )
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -86,8 +93,11 @@ def worker(
             inner = table if isinstance(table, Table) else table.state
             if inner.on_restore is None:
                 inner.on_restore = restoring
-        errors.print(f"[green]worker[/] {loaded.name} on {_url(broker)} — Ctrl-C to stop")
-        loaded.run()
+        loaded.run(
+            started=lambda running: errors.print(
+                f"[green]worker[/] {running.name} on {running.broker.url} — Ctrl-C to stop"
+            )
+        )
     errors.print(f"[green]worker[/] {loaded.name} stopped")
 
 

@@ -140,7 +140,9 @@ async def test_worker_command_processes_and_exits_0_on_sigterm_with_all_committe
                 proc.kill()
                 await proc.wait()
     assert proc.returncode == 0, errors.read_text()
-    assert "stopped" in errors.read_text(), "the worker said it stopped"
+    said = " ".join(errors.read_text().split())  # rich wraps long lines
+    assert f"worker {name} on {broker_url.split('://')[0]}://" in said, said  # once started
+    assert said.index("Ctrl-C to stop") < said.index(f"worker {name} stopped")
     # the worker's group resumes exactly after what was sent, and the table restores to it
     group = f"{name}.count"
     async with (
@@ -190,3 +192,19 @@ def test_main_job_on_memory() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     before, sent, after = summary(done.stdout)
     assert (before, after) == (0, sent), "a fresh log: every view sent, counted once"
+
+
+def test_a_worker_without_a_broker_refuses_to_run_on_a_log_of_its_own() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "NEUROPLEX_BROKER"}
+    result = subprocess.run(
+        [*neuroplex_command(), "worker", "tests.streams._cli_app:app"],
+        cwd=ROOT,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "no broker for 'cli-app'" in result.stderr
+    assert "NEUROPLEX_BROKER" in result.stderr
