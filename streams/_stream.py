@@ -192,9 +192,10 @@ class Source:
         skip = self._skip
         placement = self._placement
         homes = {} if placement is None else placement.homes
-        decode = self.topic.decode
+        topic = self.topic
+        decode, parse_key, parse_value = topic.decode, topic.parse_key, topic.parse_value
         group = self._group
-        repartition = self.topic.repartition
+        repartition = topic.repartition
         _set_current(None)  # a fold function changes no table itself
         start, stop = i, count
         try:
@@ -202,27 +203,42 @@ class Source:
                 if skip and i in skip:
                     continue
                 record = batch[i]
+                # one unpacking instead of an attribute lookup per field (runs once per event)
+                name, partition, offset, timestamp, key, value, headers = record
                 origin = None
-                if record.headers:
-                    origin, by = forwarded(record.headers)
+                if headers:
+                    origin, by = forwarded(headers)
                     if by is not None and by != group:
                         skip.add(i)  # another agent's reroute (see ready())
                         continue
                     if by is None and not repartition:
                         origin = None
-                key = record.key
                 if placement is not None and key is not None:
                     home = homes.get(key)
                     if home is None:
                         home = placement.home(key)
-                    if home != record.partition:
+                    if home != partition:
                         stop = i
                         break  # misplaced: next() sends it on
-                try:
-                    event = decode(record)
-                except DecodeError:
-                    stop = i
-                    break  # next() dead-letters it
+                try:  # Topic.decode's hot path, inlined
+                    event = _new_tuple(
+                        Event,
+                        (
+                            None if key is None else parse_key(key),
+                            None if value is None else parse_value(value),
+                            name,
+                            partition,
+                            offset,
+                            timestamp,
+                            headers,
+                        ),
+                    )
+                except Exception:  # noqa: BLE001 - decoded again, to say what is wrong
+                    try:
+                        event = decode(record)
+                    except DecodeError:
+                        stop = i
+                        break  # next() dead-letters it
                 apply(event, origin)
         except BaseException:
             self._index = i + 1

@@ -51,8 +51,8 @@ class Topic(Generic[K, V]):
         self.value_type = value_type
         self.key_codec: Codec[Any] = key_codec_for(key_type)
         self.value_codec: Codec[Any] = codec_for(value_type)
-        self._parse_key = self.key_codec.parse  # bound once: decode runs once per event
-        self._parse_value = self.value_codec.parse
+        self.parse_key = self.key_codec.parse  # bound once: decode runs once per event
+        self.parse_value = self.value_codec.parse
         self.partitions = partitions
         self.compacted = compacted
         self.retention_ms = retention_ms
@@ -99,8 +99,8 @@ class Topic(Generic[K, V]):
             return _new_tuple(
                 Event,
                 (
-                    None if key is None else self._parse_key(key),
-                    None if value is None else self._parse_value(value),
+                    None if key is None else self.parse_key(key),
+                    None if value is None else self.parse_value(value),
                     record.topic,
                     record.partition,
                     record.offset,
