@@ -94,13 +94,15 @@ class Agent(Generic[K, V]):
     def misplaced_policy(self) -> MisplacedPolicy:
         """What this agent does with a keyed record on another partition than its key's.
 
-        Declared, or by default ``reroute`` when the topic feeds tables and ``accept`` when
-        not. Raises :class:`DeclarationError` for ``accept`` on a topic that feeds tables.
+        Declared, or by default ``reroute`` when the agent changes tables and ``accept`` when
+        not (another agent of its topic changes them, say). Raises :class:`DeclarationError`
+        for ``accept`` on an agent that changes tables. The tables an agent changes are known
+        once the app starts.
         """
-        stateful = bool(self.app.tables_of(self.topic))
-        policy = self._on_misplaced or ("reroute" if stateful else "accept")
-        if policy == "accept" and stateful:
-            tables = ", ".join(repr(t.name) for t in self.app.tables_of(self.topic))
+        changed = [t for t in self.app.tables_of(self.topic) if t.writer == self.name]
+        policy = self._on_misplaced or ("reroute" if changed else "accept")
+        if policy == "accept" and changed:
+            tables = ", ".join(repr(t.name) for t in changed)
             raise DeclarationError(
                 f"agent {self.name!r}: on_misplaced='accept' would fold records found on "
                 f"another partition than their key's into the wrong partition of {tables}; "

@@ -189,7 +189,7 @@ class App:
                 producer with another partitioner) is ``reroute``-d to its key's partition,
                 sent to the ``dead_letter`` topic with the reason, or handled where it is
                 (``accept``, for agents that keep no state per key). Default: ``reroute``
-                when the topic feeds tables, else ``accept``.
+                when the agent changes tables, else ``accept``.
             tables: the tables of ``topic`` this agent changes (``[]``: none). Needed only
                 when the topic has several agents: one agent changes a table, by default the
                 only one of its topic without ``tables=``.

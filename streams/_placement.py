@@ -8,10 +8,10 @@ each keyed record it consumes and applies its ``on_misplaced`` policy:
 =============  ==============================================================================
 reroute        the record is sent to its key's partition of the same topic, with its origin
                (``x-origin``) for tables to recognise a repeated send, and ``x-rerouted-by``
-               naming the agent's group; the default for agents whose topic feeds tables
+               naming the agent's group; the default for agents that change tables
 dead_letter    the record goes to the topic's dead-letter topic with the reason
 accept         the record is handled where it is (no check): for agents that keep no state
-               per key; the default for agents of topics that feed no table
+               per key; the default for agents that change no table
 =============  ==============================================================================
 
 A copy rerouted by one agent is handled only by that agent: the others of the same topic

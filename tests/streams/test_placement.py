@@ -126,3 +126,37 @@ async def test_an_agent_that_feeds_tables_cannot_accept_misplaced_records() -> N
             pass
     with pytest.raises(DeclarationError, match="on_misplaced"):
         app.agent(views, on_misplaced="ignore")  # type: ignore[arg-type]
+
+
+async def test_an_agent_that_changes_no_table_accepts_records_where_they_land(
+    broker: brokers.Broker,
+) -> None:
+    """On a topic that feeds a table, the table's agent reroutes; another agent, which
+    changes no table (``tables=[]``), accepts by default: it sees each record where it
+    landed, and none of the copies."""
+    app = App(
+        unique("watching"), broker=broker, partitions=PARTITIONS, session_timeout=SESSION_TIMEOUT
+    )
+    counted = app.topic(unique("counted"), value_type=int)
+    counts: Table[str, int] = app.table("counts", source=counted, default=int)
+    seen: Seen = []
+
+    @app.agent(counted, tables=[counts])
+    async def count(stream: EventStream) -> None:
+        async for event in stream:
+            assert event.key is not None
+            counts[event.key] += event.value
+
+    app.agent(counted, name="watch", tables=[])(recorder(seen))
+
+    async with app:
+        assert app.agents["watch"].misplaced_policy() == "accept"
+        assert app.agents["count"].misplaced_policy() == "reroute"
+        await broker.produce_batch(counted.name, placed_and_misplaced())
+        await wait_for(lambda: dict(counts.items()) == dict.fromkeys(KEYS, 2))
+        await wait_for(lambda: len(seen) == 16)
+        await asyncio.sleep(0.2)  # the copies, had the watcher taken them, would show by now
+    assert sorted((k, p) for k, p, _ in seen) == sorted(
+        [(k, home(k)) for k in KEYS] + [(k, (home(k) + 1) % PARTITIONS) for k in KEYS]
+    )
+    assert not any(rerouted for *_, rerouted in seen)
