@@ -21,7 +21,7 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from brokers import ProducerRecord, Record, StaleMemberError, Subscription, TopicPartition
+from brokers import Headers, ProducerRecord, Record, StaleMemberError, Subscription, TopicPartition
 from streams._context import Current
 from streams._context import current as _current
 from streams._errors import DecodeError
@@ -41,6 +41,7 @@ U = TypeVar("U")
 W = TypeVar("W")
 
 _IDLE_WAKE = 0.5
+_FOREIGN = (-1, -1)  # Source._origin: a record another agent rerouted, not this one's
 _new_tuple = tuple.__new__
 _set_current = _current.set
 
@@ -129,14 +130,11 @@ class Source:
             record = batch[i]
             origin = None
             if record.headers:
-                origin, by = forwarded(record.headers)
-                if by is not None and by != self._group:
-                    # another agent's reroute of a record this one handled where it landed
+                origin = self._origin(record.headers)
+                if origin is _FOREIGN:
                     skip.add(i)
                     i += 1
                     continue
-                if by is None and not self.topic.repartition:
-                    origin = None  # elsewhere only this agent's reroutes have one
             key = record.key
             if placement is not None and key is not None:
                 home = placement.homes.get(key)
@@ -174,6 +172,17 @@ class Source:
         self._index = i
         return None
 
+    def _origin(self, headers: Headers) -> tuple[int, int] | None:
+        """The upstream position a record carries (a repartition's, or this agent's reroute:
+        tables recognise a repeated forward by it); ``_FOREIGN`` for another agent's reroute
+        of a record this one handled where it landed, which it skips."""
+        origin, by = forwarded(headers)
+        if by is not None and by != self._group:
+            return _FOREIGN
+        if by is None and not self.topic.repartition:
+            return None  # elsewhere only this agent's reroutes have one
+        return origin
+
     def fold_ready(self, apply: Callable[[Event[Any, Any], tuple[int, int] | None], None]) -> None:
         """Hand every ready event of the fetched batch to ``apply(event, origin)``, without
         waiting: the hot path of a fold (:meth:`Table.fold`), a whole batch in one loop.
@@ -194,8 +203,6 @@ class Source:
         homes = {} if placement is None else placement.homes
         topic = self.topic
         decode, parse_key, parse_value = topic.decode, topic.parse_key, topic.parse_value
-        group = self._group
-        repartition = topic.repartition
         _set_current(None)  # a fold function changes no table itself
         start, stop = i, count
         try:
@@ -207,12 +214,10 @@ class Source:
                 name, partition, offset, timestamp, key, value, headers = record
                 origin = None
                 if headers:
-                    origin, by = forwarded(headers)
-                    if by is not None and by != group:
-                        skip.add(i)  # another agent's reroute (see ready())
+                    origin = self._origin(headers)
+                    if origin is _FOREIGN:
+                        skip.add(i)
                         continue
-                    if by is None and not repartition:
-                        origin = None
                 if placement is not None and key is not None:
                     home = homes.get(key)
                     if home is None:

@@ -510,7 +510,7 @@ class Table(Generic[K, V]):
         member's, whose events may still be rolled back."""
         self._undos.pop(source, None)
         mine = {tp.partition for tp in positions if tp.topic == self.source.name}
-        dirty = {p: self._dirty.pop(p) for p in [p for p in self._dirty if p in mine]}
+        dirty = {p: self._dirty.pop(p) for p in mine & self._dirty.keys()}
         for partition, keys in dirty.items():
             data = self._data.get(partition)
             if data is None or not keys:
